@@ -1,0 +1,29 @@
+"""hylo_model: hybrid attention / MLA / Mamba2 / Gated DeltaNet decoders upcycled from Llama and Qwen.
+
+Importing the package registers ``model_type="hylo"`` with transformers' Auto classes, so
+``AutoModelForCausalLM.from_pretrained(dir)`` loads a saved HyLo model.
+"""
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .cache import HyLoCache, cache_bytes, layer_cache_bytes
+from .config import HyLoConfig
+from .layout import MIXERS, LayerSpec, Layout
+from .model import HyLoForCausalLM, HyLoModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register(HyLoConfig.model_type, HyLoConfig, exist_ok=True)
+AutoModelForCausalLM.register(HyLoConfig, HyLoForCausalLM, exist_ok=True)
+
+__all__ = [
+    "MIXERS",
+    "HyLoCache",
+    "HyLoConfig",
+    "HyLoForCausalLM",
+    "HyLoModel",
+    "LayerSpec",
+    "Layout",
+    "cache_bytes",
+    "layer_cache_bytes",
+]

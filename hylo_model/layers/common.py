@@ -1,0 +1,145 @@
+"""Pieces every mixer shares: RMSNorms, rotary helpers, and the attention kernel call with the right mask."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+
+class RMSNorm(nn.Module):
+    """Llama/Qwen RMSNorm (float32 statistics, weight applied in the input dtype)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """``rmsnorm(x * silu(z))`` per group of ``group_size`` channels (mamba_ssm's RMSNormGated,
+    norm_before_gate=False), or ``rmsnorm(x) * silu(z)`` with ``norm_before_gate`` (fla's FusedRMSNormGated)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, group_size: int | None = None, norm_before_gate: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+        self.group_size = group_size or dim
+        self.norm_before_gate = norm_before_gate
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x, z = x.float(), z.float()
+        if not self.norm_before_gate:
+            x = x * F.silu(z)
+        shape = x.shape
+        x = x.reshape(*shape[:-1], shape[-1] // self.group_size, self.group_size)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        x = x.reshape(shape) * self.weight.float()
+        if self.norm_before_gate:
+            x = x * F.silu(z)
+        return x.to(dtype)
+
+
+def rope_frequencies(config, dim: int | None = None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies ``[dim/2]`` and attention scaling for RoPE over ``dim`` dims (default head_dim),
+    computed by transformers' own RoPE initialisers (default, linear, dynamic, yarn, llama3, longrope...)."""
+    if dim is not None and dim != config.head_dim:
+        config = copy.copy(config)
+        config.head_dim = dim
+    rope_type = config.rope_parameters.get("rope_type", "default")
+    if rope_type == "default":
+        base = config.rope_parameters["rope_theta"]
+        d = config.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        return inv_freq, 1.0
+    return ROPE_INIT_FUNCTIONS[rope_type](config, None)
+
+
+def rope_cos_sin(
+    inv_freq: torch.Tensor, scaling: float, position_ids: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin ``[B, T, 2*len(inv_freq)]`` in the rotate-half layout (frequencies repeated twice)."""
+    freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device, torch.float32)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x ``[B, H, T, D]``; cos/sin ``[B, T, D]``."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + rotate_half(x) * sin
+
+
+@dataclass
+class AttentionMask:
+    """What attention-style mixers need to mask one forward call.
+
+    ``padding`` is the caller's 2-D mask ``[B, past + T]`` (1 = real token) or None. Attention and MLA build
+    the lower-right causal mask against however many keys they hold; SDPA's own ``is_causal`` aligns top-left,
+    which is wrong whenever queries are fewer than keys (a cached multi-token step).
+    """
+
+    padding: torch.Tensor | None
+
+    def for_linear(self, seq_len: int) -> torch.Tensor | None:
+        """``[B, T]`` bool of the current tokens, or None when nothing is padded."""
+        if self.padding is None:
+            return None
+        return self.padding[:, -seq_len:].bool()
+
+    def for_sdpa(self, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
+        """A bool mask ``[B|1, 1, q_len, kv_len]``, or None when no padding and either plain causal is right
+        (q_len == kv_len) or nothing is masked (one query against all keys)."""
+        if self.padding is None and (q_len == kv_len or q_len == 1):
+            return None
+        rows = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+        mask = (torch.arange(kv_len, device=device)[None, :] <= rows)[None, None]
+        if self.padding is not None:
+            keys = self.padding[:, -kv_len:].bool().to(device)
+            mask = mask & keys[:, None, None, :]
+            # A padded query row would see no key at all and SDPA would return NaN; let it see every key
+            # (its output is ignored downstream, but must stay finite).
+            queries = keys[:, -q_len:]
+            mask = mask | ~queries[:, None, :, None]
+        return mask
+
+
+def sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, scale: float
+) -> torch.Tensor:
+    """Causal attention. q ``[B, H, T, Dqk]``; k ``[B, Hk, S, Dqk]``; v ``[B, Hk, S, Dv]`` with Hk | H
+    (head h reads KV head h // (H / Hk)). Returns ``[B, H, T, Dv]``.
+
+    PyTorch's SDPA picks flash / cuDNN / memory-efficient kernels on CUDA and the math kernel on CPU. With
+    grouped heads and a cache (T < S), the query heads of a group are folded into the query axis so that K/V
+    are read once per group and never repeated in memory (what MQA/MLA decoding needs at long context)."""
+    bsz, heads, q_len, _ = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    groups = heads // kv_heads
+    attn_mask = mask.for_sdpa(q_len, kv_len, q.device)
+    if groups == 1 or (attn_mask is None and q_len == kv_len):
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and q_len > 1, scale=scale,
+            enable_gqa=groups > 1,
+        )
+    q = q.reshape(bsz, kv_heads, groups * q_len, q.shape[-1])
+    if attn_mask is not None:
+        attn_mask = attn_mask.repeat(1, 1, groups, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    return out.reshape(bsz, heads, q_len, v.shape[-1])

@@ -1,0 +1,104 @@
+"""Gated DeltaNet mixer with fla's parameter names: ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj``, ``b_proj``,
+``g_proj``, ``q_conv1d``/``k_conv1d``/``v_conv1d``, ``A_log``, ``dt_bias``, ``o_norm``, ``o_proj``.
+
+Per token: q, k, v through short causal convolutions + SiLU; q, k L2-normalised; beta = sigmoid(b_proj x);
+log-decay g = -exp(A_log) * softplus(a_proj x + dt_bias); the gated delta rule; per-head RMSNorm gated by
+SiLU(g_proj x) (or a plain RMSNorm without the output gate); o_proj.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cache import HyLoCache
+from ..config import HyLoConfig
+from ..ops.conv import causal_conv1d
+from ..ops.gated_delta import gated_delta_rule
+from .common import AttentionMask, GatedRMSNorm, RMSNorm
+
+
+class GatedDeltaNet(nn.Module):
+    def __init__(self, config: HyLoConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.gdn_num_heads
+        self.num_v_heads = config.gdn_num_v_heads
+        self.head_k_dim = config.gdn_head_k_dim
+        self.head_v_dim = config.gdn_head_v_dim
+        self.key_dim = self.num_heads * self.head_k_dim
+        self.value_dim = self.num_v_heads * self.head_v_dim
+        self.chunk_size = config.gdn_chunk_size
+        hidden, kernel = config.hidden_size, config.gdn_conv_kernel
+
+        self.q_proj = nn.Linear(hidden, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.value_dim, bias=False)
+        self.a_proj = nn.Linear(hidden, self.num_v_heads, bias=False)
+        self.b_proj = nn.Linear(hidden, self.num_v_heads, bias=False)
+        self.q_conv1d = nn.Conv1d(self.key_dim, self.key_dim, kernel, groups=self.key_dim, bias=False)
+        self.k_conv1d = nn.Conv1d(self.key_dim, self.key_dim, kernel, groups=self.key_dim, bias=False)
+        self.v_conv1d = nn.Conv1d(self.value_dim, self.value_dim, kernel, groups=self.value_dim, bias=False)
+        # fla's defaults: A ~ U(0, 16), dt ~ log-uniform [1e-3, 1e-1] stored as softplus^-1 in dt_bias.
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.num_v_heads).uniform_(0, 16)))
+        dt = torch.exp(torch.rand(self.num_v_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        dt = dt.clamp(min=1e-4)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        for name in ("A_log", "dt_bias"):
+            getattr(self, name)._no_weight_decay = True
+        if config.gdn_use_gate:
+            self.g_proj = nn.Linear(hidden, self.value_dim, bias=False)
+            self.o_norm = GatedRMSNorm(self.head_v_dim, config.rms_norm_eps, norm_before_gate=True)
+        else:
+            self.g_proj = None
+            self.o_norm = RMSNorm(self.head_v_dim, config.rms_norm_eps)
+        self.o_proj = nn.Linear(self.value_dim, hidden, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        *,
+        attention_mask: AttentionMask,
+        cache: HyLoCache | None = None,
+        **_: object,
+    ) -> torch.Tensor:
+        """hidden_states ``[B, T, hidden]`` -> ``[B, T, hidden]``. Padded tokens (mask 0) leave the state as is."""
+        bsz, seq_len, _ = hidden_states.shape
+        valid = attention_mask.for_linear(seq_len)
+        state = cache.state(self.layer_idx) if cache is not None else {}
+        keep = cache is not None
+
+        def conv(name: str, proj: nn.Linear, module: nn.Conv1d) -> tuple[torch.Tensor, torch.Tensor | None]:
+            x = proj(hidden_states)
+            if valid is not None:
+                x = x * valid[..., None].to(x.dtype)
+            return causal_conv1d(x, module.weight.squeeze(1), None, activation="silu",
+                                 conv_state=state.get(name), output_final_state=keep)
+
+        q, conv_q = conv("conv_q", self.q_proj, self.q_conv1d)
+        k, conv_k = conv("conv_k", self.k_proj, self.k_conv1d)
+        v, conv_v = conv("conv_v", self.v_proj, self.v_conv1d)
+        q = q.view(bsz, seq_len, self.num_heads, self.head_k_dim)
+        k = k.view(bsz, seq_len, self.num_heads, self.head_k_dim)
+        v = v.view(bsz, seq_len, self.num_v_heads, self.head_v_dim)
+
+        beta = self.b_proj(hidden_states).float().sigmoid()
+        g = -self.A_log.float().exp() * F.softplus(self.a_proj(hidden_states).float() + self.dt_bias.float())
+        if valid is not None:
+            beta = beta * valid[..., None]
+            g = g * valid[..., None]
+        o, recurrent = gated_delta_rule(
+            q, k, v, g, beta, scale=self.head_k_dim**-0.5, initial_state=state.get("recurrent"),
+            output_final_state=keep, use_qk_l2norm=True, chunk_size=self.chunk_size,
+        )
+        if keep:
+            cache.set_state(self.layer_idx, conv_q=conv_q, conv_k=conv_k, conv_v=conv_v, recurrent=recurrent)
+        if self.g_proj is not None:
+            gate = self.g_proj(hidden_states).view(bsz, seq_len, self.num_v_heads, self.head_v_dim)
+            o = self.o_norm(o, gate)
+        else:
+            o = self.o_norm(o)
+        return self.o_proj(o.reshape(bsz, seq_len, self.value_dim))

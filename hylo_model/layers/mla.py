@@ -1,0 +1,151 @@
+"""Multi-head latent attention (DeepSeek-V2/V3) with decoupled RoPE.
+
+Parameter names follow transformers' ``DeepseekV3Attention``: ``q_proj`` (or ``q_a_proj`` /
+``q_a_layernorm`` / ``q_b_proj``), ``kv_a_proj_with_mqa``, ``kv_a_layernorm`` (optional here: upcycling recipes
+often drop it), ``kv_b_proj``, ``o_proj``. Two generalisations, both off in DeepSeek's setting:
+
+* ``mla_rope_heads`` = R > 1 keeps one RoPE key per group of H/R query heads (MHA2MLA keeps the teacher's
+  per-KV-head RoPE keys); R = 1 is DeepSeek's single shared RoPE key.
+* ``mla_rope_pairs`` chooses which of the model's rotary frequency pairs the RoPE part uses, so a layer upcycled
+  from a teacher keeps the teacher's exact frequencies; None gives DeepSeek's fresh grid over ``qk_rope_head_dim``.
+
+The cache keeps only the latent ``[B, S, r]`` and the RoPE'd keys ``[B, R, S, d_rope]``. Prefill expands the
+latent into per-head keys/values and runs SDPA; a cached step with few new tokens uses the absorbed form
+(``W_UK`` folded into the query, ``W_UV`` applied after attention), which attends straight over the latent.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..cache import HyLoCache
+from ..config import HyLoConfig
+from .common import AttentionMask, RMSNorm, apply_rope, rope_cos_sin, rope_frequencies, sdpa
+
+# A cached step with at most this many new tokens attends over the latent directly (absorbed weights).
+ABSORB_MAX_TOKENS = 16
+
+
+class MultiHeadLatentAttention(nn.Module):
+    def __init__(self, config: HyLoConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.kv_lora_rank = config.layer_kv_lora_rank(layer_idx)
+        self.q_lora_rank = config.q_lora_rank
+        self.rope_dim = config.qk_rope_head_dim
+        self.nope_dim = config.qk_nope_head_dim
+        self.v_dim = config.v_head_dim
+        self.qk_dim = self.rope_dim + self.nope_dim
+        self.rope_heads = config.mla_rope_heads
+        self.scale = self.qk_dim**-0.5
+        hidden, bias, eps = config.hidden_size, config.attention_bias, config.rms_norm_eps
+
+        if self.q_lora_rank is None:
+            self.q_proj = nn.Linear(hidden, self.num_heads * self.qk_dim, bias=bias)
+        else:
+            self.q_a_proj = nn.Linear(hidden, self.q_lora_rank, bias=bias)
+            self.q_a_layernorm = RMSNorm(self.q_lora_rank, eps) if config.mla_kv_norm else None
+            self.q_b_proj = nn.Linear(self.q_lora_rank, self.num_heads * self.qk_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden, self.kv_lora_rank + self.rope_heads * self.rope_dim, bias=bias)
+        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank, eps) if config.mla_kv_norm else None
+        self.kv_b_proj = nn.Linear(self.kv_lora_rank, self.num_heads * (self.nope_dim + self.v_dim), bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.v_dim, hidden, bias=False)
+        if config.qk_norm:
+            # Qwen3's per-head norms: on the whole query head, and on the RoPE key (all of the teacher's key
+            # when every rotary pair is kept, qk_nope_head_dim == 0).
+            self.q_norm = RMSNorm(self.qk_dim, eps)
+            self.k_norm = RMSNorm(self.rope_dim, eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+        pairs = config.layer_rope_pairs(layer_idx)
+        if pairs is None:
+            inv_freq, self.rope_scaling = rope_frequencies(config, self.rope_dim)
+        else:
+            full, self.rope_scaling = rope_frequencies(config)
+            inv_freq = full[torch.tensor(pairs)]
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _queries(self, x: torch.Tensor) -> torch.Tensor:
+        if self.q_lora_rank is None:
+            q = self.q_proj(x)
+        else:
+            q = self.q_a_proj(x)
+            if self.q_a_layernorm is not None:
+                q = self.q_a_layernorm(q)
+            q = self.q_b_proj(q)
+        q = q.view(*x.shape[:2], self.num_heads, self.qk_dim)
+        return self.q_norm(q) if self.q_norm is not None else q
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        *,
+        position_ids: torch.Tensor,
+        attention_mask: AttentionMask,
+        cache: HyLoCache | None = None,
+        absorb: bool | None = None,
+        **_: object,
+    ) -> torch.Tensor:
+        """hidden_states ``[B, T, hidden]`` -> ``[B, T, hidden]``; position_ids ``[B|1, T]``.
+        ``absorb`` forces (or forbids) the absorbed-weight form; by default it is used for short cached steps."""
+        bsz, seq_len, _ = hidden_states.shape
+        q = self._queries(hidden_states)
+        q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
+
+        kv_a = self.kv_a_proj_with_mqa(hidden_states)
+        latent, k_pe = kv_a.split([self.kv_lora_rank, self.rope_heads * self.rope_dim], dim=-1)
+        if self.kv_a_layernorm is not None:
+            latent = self.kv_a_layernorm(latent)
+        k_pe = k_pe.view(bsz, seq_len, self.rope_heads, self.rope_dim)
+        if self.k_norm is not None:
+            k_pe = self.k_norm(k_pe)
+
+        cos, sin = rope_cos_sin(self.inv_freq, self.rope_scaling, position_ids, hidden_states.dtype)
+        q_pe = apply_rope(q_pe.transpose(1, 2), cos, sin)
+        k_pe = apply_rope(k_pe.transpose(1, 2), cos, sin)
+        if cache is not None:
+            past = cache.cached_length(self.layer_idx)
+            entry = cache.append(self.layer_idx, latent=latent, k_pe=k_pe)
+            latent, k_pe = entry["latent"], entry["k_pe"]
+        else:
+            past = 0
+        if absorb is None:
+            absorb = past > 0 and seq_len <= ABSORB_MAX_TOKENS
+
+        if absorb:
+            out = self._attend_absorbed(q_nope.transpose(1, 2), q_pe, latent, k_pe, attention_mask)
+        else:
+            out = self._attend_expanded(q_nope.transpose(1, 2), q_pe, latent, k_pe, attention_mask)
+        return self.o_proj(out.transpose(1, 2).reshape(bsz, seq_len, self.num_heads * self.v_dim))
+
+    def _attend_expanded(self, q_nope, q_pe, latent, k_pe, mask: AttentionMask) -> torch.Tensor:
+        """Per-head keys/values from the latent, then SDPA. q_nope ``[B, H, T, dn]``, q_pe ``[B, H, T, dr]``,
+        latent ``[B, S, r]``, k_pe ``[B, R, S, dr]`` -> ``[B, H, T, dv]``."""
+        bsz, kv_len = latent.shape[:2]
+        kv = self.kv_b_proj(latent).view(bsz, kv_len, self.num_heads, self.nope_dim + self.v_dim).transpose(1, 2)
+        k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
+        k_pe = k_pe.repeat_interleave(self.num_heads // self.rope_heads, dim=1)
+        q = torch.cat([q_nope, q_pe], dim=-1)
+        k = torch.cat([k_nope, k_pe], dim=-1)
+        return sdpa(q, k, v, mask, self.scale)
+
+    def _attend_absorbed(self, q_nope, q_pe, latent, k_pe, mask: AttentionMask) -> torch.Tensor:
+        """Attention straight over the cached latent: score = (W_UK^T q_nope)·c + q_pe·k_pe, output =
+        W_UV (Σ p c) + b_v. The key bias of kv_b_proj only shifts every score of a query by the same amount,
+        so softmax removes it exactly; the value bias passes through because the weights sum to one."""
+        bsz, kv_len, rank = latent.shape
+        weight = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, rank)
+        w_uk, w_uv = weight.split([self.nope_dim, self.v_dim], dim=1)
+        q_latent = torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk)
+        q = torch.cat([q_latent, q_pe], dim=-1)
+        latent = latent.unsqueeze(1).expand(bsz, self.rope_heads, kv_len, rank)
+        k = torch.cat([latent, k_pe], dim=-1)
+        context = sdpa(q, k, latent, mask, self.scale)
+        out = torch.einsum("bhtr,hvr->bhtv", context, w_uv)
+        if self.kv_b_proj.bias is not None:
+            v_bias = self.kv_b_proj.bias.view(self.num_heads, self.nope_dim + self.v_dim)[:, self.nope_dim :]
+            out = out + v_bias[None, :, None, :]
+        return out

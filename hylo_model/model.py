@@ -1,0 +1,218 @@
+"""The HyLo hybrid decoder: blocks, model and causal LM, in one file.
+
+Each block is ``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (Llama/Qwen pre-norm), and the mixer class comes
+from :data:`hylo_model.layers.MIXER_CLASSES` by the layer's type in the layout.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .cache import HyLoCache, cache_bytes
+from .config import HyLoConfig
+from .layers import MIXER_CLASSES, GatedDeltaNet, Mamba2
+from .layers.common import AttentionMask, RMSNorm, rope_cos_sin, rope_frequencies
+
+
+class MLP(nn.Module):
+    """SwiGLU MLP with Llama/Qwen names (``gate_proj``, ``up_proj``, ``down_proj``)."""
+
+    def __init__(self, config: HyLoConfig) -> None:
+        super().__init__()
+        hidden, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(hidden, inner, bias=bias)
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class HyLoDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: HyLoConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.mixer_type = config.layer_mixers[layer_idx]
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mixer = MIXER_CLASSES[self.mixer_type](config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, **mixer_kwargs: Any) -> torch.Tensor:
+        hidden_states = hidden_states + self.mixer(self.input_layernorm(hidden_states), **mixer_kwargs)
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class HyLoPreTrainedModel(PreTrainedModel):
+    config_class = HyLoConfig
+    config: HyLoConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HyLoDecoderLayer"]
+    _supports_sdpa = True
+    _is_stateful = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, nn.Conv1d):
+            bound = 1.0 / math.sqrt(module.weight.shape[-1])
+            init.uniform_(module.weight, -bound, bound)
+        if isinstance(module, (Mamba2, GatedDeltaNet)):
+            low = 1.0 if isinstance(module, Mamba2) else 0.0
+            init.copy_(module.A_log, torch.log(torch.empty_like(module.A_log).uniform_(low, 16)))
+            dt = torch.exp(torch.rand_like(module.dt_bias) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            dt = dt.clamp(min=1e-4)
+            init.copy_(module.dt_bias, dt + torch.log(-torch.expm1(-dt)))
+        if isinstance(module, Mamba2):
+            init.ones_(module.D)
+
+
+class HyLoModel(HyLoPreTrainedModel):
+    def __init__(self, config: HyLoConfig) -> None:
+        super().__init__(config)
+        self.padding_idx = getattr(config, "pad_token_id", None)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(HyLoDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        inv_freq, self.rope_scaling = rope_frequencies(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: HyLoCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        past_key_values: HyLoCache | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids or inputs_embeds")
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, HyLoCache):
+            raise TypeError(f"cache must be a HyLoCache (got {type(cache).__name__}); build one with model.new_cache()")
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = HyLoCache(self.config)
+        if not use_cache:
+            cache = None
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        seq_len = inputs_embeds.shape[1]
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + seq_len, device=inputs_embeds.device)[None]
+        if attention_mask is not None:
+            if attention_mask.dim() != 2:
+                raise ValueError(f"attention_mask must be 2-D [batch, past + seq], got shape {tuple(attention_mask.shape)}")
+            if bool(attention_mask.all()):
+                attention_mask = None
+        mask = AttentionMask(attention_mask)
+
+        hidden_states = inputs_embeds
+        mixer_kwargs = {
+            "position_embeddings": rope_cos_sin(self.inv_freq, self.rope_scaling, position_ids, hidden_states.dtype),
+            "position_ids": position_ids,
+            "attention_mask": mask,
+            "cache": cache,
+        }
+        all_hidden = [] if output_hidden_states else None
+        for layer in self.layers:
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            hidden_states = layer(hidden_states, **mixer_kwargs)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)
+        if cache is not None:
+            cache.advance(seq_len)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, cache=cache, hidden_states=tuple(all_hidden) if all_hidden else None
+        )
+
+
+class HyLoForCausalLM(HyLoPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HyLoConfig) -> None:
+        super().__init__(config)
+        self.model = HyLoModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def new_cache(self) -> HyLoCache:
+        return HyLoCache(self.config)
+
+    def cache_bytes(self, seq_len: int, batch_size: int = 1, dtype: torch.dtype | None = None) -> int:
+        """Exact bytes the cache holds after ``seq_len`` tokens (activations in ``dtype``, default the model's)."""
+        return cache_bytes(self.config, seq_len, batch_size, dtype or self.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: HyLoCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_hidden_states: bool | None = None,
+        past_key_values: HyLoCache | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Standard causal-LM forward. ``logits_to_keep=k`` computes logits for the last k positions only
+        (1 for generation and long prefill); a 1-D tensor keeps those positions."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
+        else:
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        )
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args: Any, **kwargs: Any):
+        """generate() would build a transformers DynamicCache; a hybrid model needs its own."""
+        key = "cache" if "cache" in inspect.signature(super().prepare_inputs_for_generation).parameters else (
+            "past_key_values"
+        )
+        if model_kwargs.get(key) is not None or generation_config.use_cache is False:
+            return
+        model_kwargs[key] = HyLoCache(self.config)
+
+
+__all__ = ["HyLoForCausalLM", "HyLoModel", "HyLoPreTrainedModel", "HyLoDecoderLayer"]

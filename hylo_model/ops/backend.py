@@ -1,0 +1,72 @@
+"""Kernel selection shared by every op: pick the fast path per call, fall back loudly, let tests force a path.
+
+Each op asks :func:`use_fast` with the tensors it is about to process. The fast path (fla-core Triton kernels,
+mamba-ssm when installed) is taken only when the tensors live on CUDA, the library imports, and no test or
+user forced the torch path. When CUDA tensors have to fall back to torch, a warning is emitted once per op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import threading
+import warnings
+from typing import Iterator, Literal
+
+import torch
+
+Backend = Literal["auto", "torch", "fast"]
+
+_state = threading.local()
+_warned: set[str] = set()
+
+
+def current() -> Backend:
+    return getattr(_state, "backend", "auto")
+
+
+@contextlib.contextmanager
+def force_backend(backend: Backend) -> Iterator[None]:
+    """Force every op inside the block onto one path: ``"torch"`` (the CPU reference), ``"fast"``
+    (the CUDA kernels; raises if they cannot run) or ``"auto"``."""
+    if backend not in ("auto", "torch", "fast"):
+        raise ValueError(f"backend must be one of 'auto', 'torch', 'fast', got {backend!r}")
+    previous = current()
+    _state.backend = backend
+    try:
+        yield
+    finally:
+        _state.backend = previous
+
+
+@functools.cache
+def has_module(name: str) -> bool:
+    """True when ``name`` imports (cached: importing fla pulls in triton, which is slow)."""
+    try:
+        importlib.import_module(name)
+    except Exception:  # ImportError, or triton failing to find a driver
+        return False
+    return True
+
+
+def use_fast(op: str, tensor: torch.Tensor, module: str) -> bool:
+    """Whether ``op`` should run its fast path on ``tensor`` using library ``module`` (e.g. ``"fla.ops"``)."""
+    choice = current()
+    if choice == "torch" or (choice == "auto" and not tensor.is_cuda):
+        return False
+    if not tensor.is_cuda:
+        raise RuntimeError(f"{op}: the fast path was forced but the tensors are on {tensor.device}, not CUDA")
+    if has_module(module):
+        return True
+    if choice == "fast":
+        raise RuntimeError(f"{op}: the fast path was forced but `{module}` does not import; pip install 'hylo-search[gpu]'")
+    if op not in _warned:
+        _warned.add(op)
+        warnings.warn(
+            f"{op}: `{module}` is not importable, running the pure-PyTorch path on CUDA (slow). "
+            "Install the fast kernels with: pip install 'hylo-search[gpu]'",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False
