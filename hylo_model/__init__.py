@@ -27,3 +27,7 @@ __all__ = [
     "cache_bytes",
     "layer_cache_bytes",
 ]
+
+from .upcycle import sanity_check, save_upcycled, upcycle  # noqa: E402  (needs the model registered first)
+
+__all__ += ["sanity_check", "save_upcycled", "upcycle"]

@@ -27,9 +27,11 @@ class HyLoConfig(PretrainedConfig):
     * Mamba2 (SSD): ``mamba_num_heads``, ``mamba_head_dim``, ``mamba_d_state``, ``mamba_n_groups`` (groups of C, and
       of B unless ``mamba_xb_heads`` is set), ``mamba_xb_heads`` (heads of x and groups of B kept in the projection
       and repeated to ``mamba_num_heads`` at run time, as Mamba-in-the-Llama keeps GQA), ``mamba_conv_kernel``,
-      ``mamba_expand`` (used only when ``mamba_num_heads`` is None), ``mamba_chunk_size``.
+      ``mamba_expand`` (used only when ``mamba_num_heads`` is None), ``mamba_chunk_size``, ``mamba_gate_bias`` (a
+      bias ``z_bias`` on the z gate, so an upcycled layer can start with a neutral gate silu(z) = 1).
     * GDN (Gated DeltaNet): ``gdn_num_heads`` (q/k heads), ``gdn_num_v_heads``, ``gdn_head_k_dim``,
-      ``gdn_head_v_dim``, ``gdn_conv_kernel``, ``gdn_use_gate`` (output gate), ``gdn_chunk_size``.
+      ``gdn_head_v_dim``, ``gdn_conv_kernel``, ``gdn_use_gate`` (output gate), ``gdn_chunk_size``,
+      ``gdn_gate_bias`` (a bias on ``g_proj``, for the same neutral start).
     """
 
     model_type = "hylo"
@@ -71,6 +73,7 @@ class HyLoConfig(PretrainedConfig):
         mamba_conv_kernel: int = 4,
         mamba_expand: float | None = None,
         mamba_chunk_size: int = 64,
+        mamba_gate_bias: bool = False,
         gdn_num_heads: int | None = None,
         gdn_num_v_heads: int | None = None,
         gdn_head_k_dim: int | None = None,
@@ -78,6 +81,7 @@ class HyLoConfig(PretrainedConfig):
         gdn_conv_kernel: int = 4,
         gdn_use_gate: bool = True,
         gdn_chunk_size: int = 64,
+        gdn_gate_bias: bool = False,
         hylo_provenance: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -129,6 +133,7 @@ class HyLoConfig(PretrainedConfig):
         self.mamba_xb_heads = mamba_xb_heads
         self.mamba_conv_kernel = mamba_conv_kernel
         self.mamba_chunk_size = mamba_chunk_size
+        self.mamba_gate_bias = mamba_gate_bias
 
         self.gdn_num_heads = gdn_num_heads or num_attention_heads
         self.gdn_num_v_heads = gdn_num_v_heads or self.gdn_num_heads
@@ -137,6 +142,7 @@ class HyLoConfig(PretrainedConfig):
         self.gdn_conv_kernel = gdn_conv_kernel
         self.gdn_use_gate = gdn_use_gate
         self.gdn_chunk_size = gdn_chunk_size
+        self.gdn_gate_bias = gdn_gate_bias
         self.hylo_provenance = hylo_provenance
 
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)

@@ -51,3 +51,32 @@ def tiny_model(layout: str = MIXED_LAYOUT, seed: int = 0, **overrides) -> HyLoFo
             if name.endswith(("a_proj.weight", "b_proj.weight")):
                 param.mul_(10)
     return model
+
+
+def tiny_teacher(family: str = "llama", seed: int = 0, std: float = 0.05, **overrides):
+    """A tiny random Llama / Qwen2 / Qwen3 built locally from a transformers config (no download).
+
+    Weights are drawn with a larger std than transformers' default so attention is far from uniform and
+    reconstruction numbers mean something."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+               "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+    config_class, model_class = classes[family]
+    values = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                  rms_norm_eps=1e-6, tie_word_embeddings=family != "llama", initializer_range=std)
+    if family == "llama":
+        values["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                     "original_max_position_embeddings": 64}
+    values.update(overrides)
+    torch.manual_seed(seed)
+    model = model_class(config_class(**values)).float().eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                param.normal_(0, std)
+    return model

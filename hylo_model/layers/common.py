@@ -61,9 +61,28 @@ def rope_frequencies(config, dim: int | None = None) -> tuple[torch.Tensor, floa
     if rope_type == "default":
         base = config.rope_parameters["rope_theta"]
         d = config.head_dim
-        inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64, device="cpu").float() / d))
         return inv_freq, 1.0
-    return ROPE_INIT_FUNCTIONS[rope_type](config, None)
+    # Explicitly on the CPU: models are often built under a meta-device context (from_pretrained).
+    return ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
+
+
+class RopeFrequencies:
+    """Inverse frequencies kept in float32 whatever dtype the model is cast to (a registered buffer would be
+    rounded to bf16 by ``model.to(torch.bfloat16)``, shifting every rotary angle), copied once per device."""
+
+    def __init__(self, inv_freq: torch.Tensor, scaling: float) -> None:
+        self.inv_freq = inv_freq.float().cpu()
+        self.scaling = scaling
+        self._per_device: dict[torch.device, torch.Tensor] = {}
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._per_device:
+            self._per_device[device] = self.inv_freq.to(device)
+        return self._per_device[device]
+
+    def cos_sin(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_cos_sin(self.on(position_ids.device), self.scaling, position_ids, dtype)
 
 
 def rope_cos_sin(

@@ -50,7 +50,7 @@ class GatedDeltaNet(nn.Module):
         for name in ("A_log", "dt_bias"):
             getattr(self, name)._no_weight_decay = True
         if config.gdn_use_gate:
-            self.g_proj = nn.Linear(hidden, self.value_dim, bias=False)
+            self.g_proj = nn.Linear(hidden, self.value_dim, bias=config.gdn_gate_bias)
             self.o_norm = GatedRMSNorm(self.head_v_dim, config.rms_norm_eps, norm_before_gate=True)
         else:
             self.g_proj = None

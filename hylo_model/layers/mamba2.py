@@ -50,6 +50,8 @@ class Mamba2(nn.Module):
         self.D = nn.Parameter(torch.ones(self.num_heads))
         self.norm = GatedRMSNorm(self.d_inner, config.rms_norm_eps, group_size=self.d_inner // self.c_groups)
         self.out_proj = nn.Linear(self.d_inner, hidden, bias=False)
+        # Not in mamba_ssm: lets an upcycled layer start with silu(z) = 1 (z rows zero) and learn the gate.
+        self.z_bias = nn.Parameter(torch.zeros(self.d_inner)) if config.mamba_gate_bias else None
         for name in ("A_log", "dt_bias", "D"):
             getattr(self, name)._no_weight_decay = True
 
@@ -90,5 +92,7 @@ class Mamba2(nn.Module):
         )
         if cache is not None:
             cache.set_state(self.layer_idx, conv=conv_state, ssm=ssm_state)
+        if self.z_bias is not None:
+            z = z + self.z_bias
         y = self.norm(y.reshape(bsz, seq_len, self.d_inner), z)
         return self.out_proj(y)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..cache import HyLoCache
 from ..config import HyLoConfig
-from .common import AttentionMask, RMSNorm, apply_rope, rope_cos_sin, rope_frequencies, sdpa
+from .common import AttentionMask, RMSNorm, RopeFrequencies, apply_rope, rope_frequencies, sdpa
 
 # A cached step with at most this many new tokens attends over the latent directly (absorbed weights).
 ABSORB_MAX_TOKENS = 16
@@ -62,11 +62,11 @@ class MultiHeadLatentAttention(nn.Module):
 
         pairs = config.layer_rope_pairs(layer_idx)
         if pairs is None:
-            inv_freq, self.rope_scaling = rope_frequencies(config, self.rope_dim)
+            inv_freq, scaling = rope_frequencies(config, self.rope_dim)
         else:
-            full, self.rope_scaling = rope_frequencies(config)
-            inv_freq = full[torch.tensor(pairs)]
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+            full, scaling = rope_frequencies(config)
+            inv_freq = full[torch.tensor(pairs, device="cpu")]
+        self.rope = RopeFrequencies(inv_freq, scaling)
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
         if self.q_lora_rank is None:
@@ -103,7 +103,7 @@ class MultiHeadLatentAttention(nn.Module):
         if self.k_norm is not None:
             k_pe = self.k_norm(k_pe)
 
-        cos, sin = rope_cos_sin(self.inv_freq, self.rope_scaling, position_ids, hidden_states.dtype)
+        cos, sin = self.rope.cos_sin(position_ids, hidden_states.dtype)
         q_pe = apply_rope(q_pe.transpose(1, 2), cos, sin)
         k_pe = apply_rope(k_pe.transpose(1, 2), cos, sin)
         if cache is not None:
