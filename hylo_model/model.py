@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .cache import HyLoCache, cache_bytes
 from .config import HyLoConfig
 from .layers import MIXER_CLASSES, GatedDeltaNet, Mamba2
-from .layers.common import AttentionMask, RMSNorm, rope_cos_sin, rope_frequencies
+from .layers.common import AttentionMask, RMSNorm, RopeFrequencies, rope_frequencies
 
 
 class MLP(nn.Module):
@@ -85,8 +85,7 @@ class HyLoModel(HyLoPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(HyLoDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        inv_freq, self.rope_scaling = rope_frequencies(config)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rope = RopeFrequencies(*rope_frequencies(config))
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -130,7 +129,7 @@ class HyLoModel(HyLoPreTrainedModel):
 
         hidden_states = inputs_embeds
         mixer_kwargs = {
-            "position_embeddings": rope_cos_sin(self.inv_freq, self.rope_scaling, position_ids, hidden_states.dtype),
+            "position_embeddings": self.rope.cos_sin(position_ids, hidden_states.dtype),
             "position_ids": position_ids,
             "attention_mask": mask,
             "cache": cache,
