@@ -38,14 +38,20 @@ def resolve_local_dir(name_or_path: str | os.PathLike) -> Path:
         return path
     if path.exists():
         raise ValueError(f"teacher {str(path)!r} is a file; give the model's directory or a hub id")
+    text = str(name_or_path)
+    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") != 1:
+        raise ValueError(f"teacher {text!r}: no such directory, and not a hub id of the form 'org/name'")
     from huggingface_hub import snapshot_download
 
-    return Path(
-        snapshot_download(
-            str(name_or_path),
-            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"],
+    try:
+        return Path(
+            snapshot_download(
+                text, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
+            )
         )
-    )
+    except Exception as error:  # offline, unknown repo, gated repo: one clear line
+        raise ValueError(f"teacher {text!r}: not a local directory and could not be fetched from the hub "
+                         f"({type(error).__name__}: {error})") from None
 
 
 class TeacherSource:

@@ -1,0 +1,1 @@
+"""Subcommands of ``hylo-search`` (see :mod:`hylo_search.cli`)."""

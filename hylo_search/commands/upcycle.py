@@ -1,0 +1,61 @@
+"""``hylo-search upcycle TEACHER --layout L --out DIR``: convert a checkpoint, run the sanity gates, save."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "upcycle", help="convert a Llama/Qwen checkpoint into a HyLo layout and check it",
+        description="Convert a Llama/Qwen2/Qwen3 checkpoint (directory or hub id) into a HyLo student with the "
+        "given layout, run the sanity gates, and save it with the teacher's tokenizer.",
+    )
+    parser.add_argument("teacher", help="teacher directory or hub id (safetensors)")
+    parser.add_argument("--layout", required=True, help='layout code, e.g. "A,L128,M,G,..." or a layout YAML file')
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--kv-lora-rank", type=int, default=None, help="default MLA latent rank (L without a rank)")
+    parser.add_argument("--qk-rope-head-dim", type=int, default=None, help="rotary dims kept per MLA head")
+    parser.add_argument("--mla-rope-heads", type=int, default=1, help="RoPE keys per MLA layer (1 = DeepSeek)")
+    parser.add_argument("--rope-pairs", default="qk_norm", help="qk_norm | high_frequency | uniform")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-check", action="store_true", help="skip the sanity gates")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from hylo_model import Layout, sanity_check, save_upcycled, upcycle
+
+    from ..errors import UsageError
+    from ..layout_files import read_layout
+
+    try:
+        layout = read_layout(args.layout) if Path(args.layout).is_file() else Layout.parse(args.layout)
+        student = upcycle(
+            args.teacher, layout, seed=args.seed, device=args.device,
+            dtype=getattr(torch, args.dtype) if args.dtype else None,
+            kv_lora_rank=args.kv_lora_rank, qk_rope_head_dim=args.qk_rope_head_dim,
+            mla_rope_heads=args.mla_rope_heads, rope_pairs=args.rope_pairs,
+        )
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    if not args.no_check:
+        from transformers import AutoModelForCausalLM
+
+        teacher = AutoModelForCausalLM.from_pretrained(
+            args.teacher, dtype=student.dtype, trust_remote_code=False, use_safetensors=True
+        ).to(student.device)
+        report = sanity_check(student, teacher)
+        print(report.table())
+        if not report.ok:
+            print("sanity gates failed: " + "; ".join(report.failures()))
+            return 1
+    out = save_upcycled(student, args.out)
+    print(f"saved {layout} -> {out}")
+    return 0
