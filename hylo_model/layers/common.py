@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 
@@ -122,21 +123,27 @@ class AttentionMask:
             return None
         return self.padding[:, -seq_len:].bool()
 
-    def for_sdpa(self, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
-        """A bool mask ``[B|1, 1, q_len, kv_len]``, or None when no padding and either plain causal is right
-        (q_len == kv_len) or nothing is masked (one query against all keys)."""
-        if self.padding is None and (q_len == kv_len or q_len == 1):
-            return None
+    def for_sdpa(self, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor | CausalBias | None:
+        """The SDPA mask for ``q_len`` new queries against ``kv_len`` keys (the last ``q_len`` are the queries'):
+
+        * None — no padding, and plain causal is right (q_len == kv_len) or nothing is masked (q_len == 1);
+        * a lower-right :class:`CausalBias` — no padding, a cached multi-token step or a prefill segment; the
+          flash / memory-efficient kernels apply it without materialising a ``[q_len, kv_len]`` mask, so a
+          segment of a million-token prompt costs memory in the segment, not the prompt;
+        * a bool mask ``[B, 1, q_len, kv_len]`` — padded batches.
+        """
+        if self.padding is None:
+            if q_len == kv_len or q_len == 1:
+                return None
+            return causal_lower_right(q_len, kv_len)
         rows = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
         mask = (torch.arange(kv_len, device=device)[None, :] <= rows)[None, None]
-        if self.padding is not None:
-            keys = self.padding[:, -kv_len:].bool().to(device)
-            mask = mask & keys[:, None, None, :]
-            # A padded query row would see no key at all and SDPA would return NaN; let it see every key
-            # (its output is ignored downstream, but must stay finite).
-            queries = keys[:, -q_len:]
-            mask = mask | ~queries[:, None, :, None]
-        return mask
+        keys = self.padding[:, -kv_len:].bool().to(device)
+        mask = mask & keys[:, None, None, :]
+        # A padded query row would see no key at all and SDPA would return NaN; let it see every key
+        # (its output is ignored downstream, but must stay finite).
+        queries = keys[:, -q_len:]
+        return mask | ~queries[:, None, :, None]
 
 
 def sdpa(
@@ -145,14 +152,16 @@ def sdpa(
     """Causal attention. q ``[B, H, T, Dqk]``; k ``[B, Hk, S, Dqk]``; v ``[B, Hk, S, Dv]`` with Hk | H
     (head h reads KV head h // (H / Hk)). Returns ``[B, H, T, Dv]``.
 
-    PyTorch's SDPA picks flash / cuDNN / memory-efficient kernels on CUDA and the math kernel on CPU. With
-    grouped heads and a cache (T < S), the query heads of a group are folded into the query axis so that K/V
-    are read once per group and never repeated in memory (what MQA/MLA decoding needs at long context)."""
+    PyTorch's SDPA picks flash / cuDNN / memory-efficient kernels on CUDA and the math kernel on CPU. For one
+    query per sequence (decoding) with grouped heads, the query heads of a group are folded into the query axis,
+    so K/V are read once per group and never repeated in memory (what MQA/MLA decoding needs at long context)."""
     bsz, heads, q_len, _ = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     groups = heads // kv_heads
     attn_mask = mask.for_sdpa(q_len, kv_len, q.device)
-    if groups == 1 or (attn_mask is None and q_len == kv_len):
+    explicit = attn_mask is not None and not isinstance(attn_mask, CausalBias)
+    fold = groups > 1 and (q_len == 1 and kv_len > 1 or explicit)
+    if not fold:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and q_len > 1, scale=scale,
             enable_gqa=groups > 1,

@@ -124,8 +124,8 @@ MLA_T, MLA_OFFSET = 29, 5  # positions 5..33: RoPE is tested away from position 
 @torch.no_grad()
 def test_mla_rope_frequencies_match_deepseek(mla):
     _, ours, _, rotary = mla
-    assert torch.equal(ours.inv_freq, rotary.inv_freq)
-    assert ours.rope_scaling == rotary.attention_scaling == 1.0
+    assert torch.equal(ours.rope.inv_freq, rotary.inv_freq)
+    assert ours.rope.scaling == rotary.attention_scaling == 1.0
 
 
 @torch.no_grad()
