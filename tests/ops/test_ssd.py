@@ -1,0 +1,344 @@
+"""Mamba2 SSD: chunked and recurrent torch paths against the per-step loop, state passing, cross-checks against
+transformers' Mamba2 and fla's simple-GLA references, and (on CUDA) the fast kernels against the torch path."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hylo_model.ops import backend
+from hylo_model.ops.conv import causal_conv1d
+from hylo_model.ops.ssd import naive_ssd, ssd, ssd_chunked, ssd_recurrent
+from hylo_model.ops.ssd.fast import chunk_backward_blocked, simple_gla_inputs, ssd_fla
+
+
+def make_inputs(bsz, seqlen, nheads, headdim, dstate, gb, gc, *, init, seed=0, device="cpu", dtype=torch.float32):
+    """Random SSD inputs in Mamba2's ranges: dt = softplus(.) around 0.05-0.5, A in [-8, -0.5]."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
+
+    inputs = dict(
+        x=randn(bsz, seqlen, nheads, headdim),
+        dt=F.softplus(torch.randn(bsz, seqlen, nheads, generator=gen) - 2.0).to(device=device, dtype=dtype),
+        A=(-torch.exp(torch.empty(nheads).uniform_(math.log(0.5), math.log(8.0), generator=gen))).to(device),
+        B=randn(bsz, seqlen, gb, dstate, scale=0.5),
+        C=randn(bsz, seqlen, gc, dstate, scale=0.5),
+        D=randn(nheads).float(),
+        initial_state=randn(bsz, nheads, headdim, dstate).float() if init else None,
+    )
+    return inputs
+
+
+def leaves(inputs):
+    """Detached copies that require grad, so two paths get independent gradients."""
+    return {name: None if t is None else t.detach().clone().requires_grad_() for name, t in inputs.items()}
+
+
+def run_with_grads(fn, inputs, seed=1):
+    """Forward, then gradients of a random linear function of ``y`` and the final state."""
+    y, state = fn(**inputs)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (y.float() * torch.randn(y.shape, generator=gen).to(y.device)).sum()
+    if state is not None:
+        loss = loss + (state * torch.randn(state.shape, generator=gen).to(y.device)).sum()
+    names = [k for k, v in inputs.items() if v is not None and v.requires_grad]
+    grads = torch.autograd.grad(loss, [inputs[k] for k in names])
+    return y, state, dict(zip(names, grads))
+
+
+def assert_close(actual, expected, rtol=2e-4, name=""):
+    """Elementwise closeness with the absolute slack scaled to the reference's magnitude."""
+    atol = rtol * max(expected.abs().max().item(), 1e-6)
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def rel_err(actual, expected):
+    return ((actual.float() - expected.float()).norm() / expected.float().norm().clamp_min(1e-12)).item()
+
+
+# (seqlen, groups of B, groups of C): one chunk, exactly two chunks, two chunks and a remainder (chunk 16).
+CHUNKED_CASES = [
+    (7, 2, 4),
+    (32, 2, 4),
+    (37, 2, 4),
+    (37, 1, 1),
+    (37, 4, 2),
+]
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["zero-state", "init-state"])
+@pytest.mark.parametrize(
+    "seqlen,gb,gc", CHUNKED_CASES, ids=[f"B2-T{t}-H4-P8-N16-GB{b}-GC{c}" for t, b, c in CHUNKED_CASES]
+)
+def test_chunked_matches_naive(seqlen, gb, gc, init):
+    inputs = make_inputs(2, seqlen, 4, 8, 16, gb, gc, init=init)
+    ref_in, out_in = leaves(inputs), leaves(inputs)
+    y_ref, s_ref, g_ref = run_with_grads(lambda **kw: naive_ssd(**kw, output_final_state=True), ref_in)
+    y, s, g = run_with_grads(lambda **kw: ssd_chunked(**kw, output_final_state=True, chunk_size=16), out_in)
+    assert y.dtype == inputs["x"].dtype and s.dtype == torch.float32
+    assert_close(y, y_ref, name="y")
+    assert_close(s, s_ref, name="final_state")
+    assert g.keys() == g_ref.keys()
+    for name in g_ref:
+        assert_close(g[name], g_ref[name], name=f"d{name}")
+
+
+@pytest.mark.parametrize("seqlen", [1, 5], ids=lambda t: f"B2-T{t}-H4-P8-N16-GB2-GC4")
+def test_recurrent_matches_naive(seqlen):
+    inputs = make_inputs(2, seqlen, 4, 8, 16, 2, 4, init=True, seed=3)
+    y_ref, s_ref, g_ref = run_with_grads(lambda **kw: naive_ssd(**kw, output_final_state=True), leaves(inputs))
+    y, s, g = run_with_grads(lambda **kw: ssd_recurrent(**kw, output_final_state=True), leaves(inputs))
+    assert_close(y, y_ref, name="y")
+    assert_close(s, s_ref, name="final_state")
+    for name in g_ref:
+        assert_close(g[name], g_ref[name], name=f"d{name}")
+
+
+def split_time(inputs, start, stop):
+    return {k: (v[:, start:stop] if k in ("x", "dt", "B", "C") else v) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("split", [20, 32, 3], ids=lambda s: f"B2-T45-split{s}-H4-P8-N16-GB2-GC4")
+def test_state_passing_equals_one_call(split):
+    inputs = make_inputs(2, 45, 4, 8, 16, 2, 4, init=True, seed=5)
+    with backend.force_backend("torch"):
+        y_full, s_full = ssd(**inputs, output_final_state=True, chunk_size=16)
+        first = split_time(inputs, 0, split)
+        y1, s1 = ssd(**first, output_final_state=True, chunk_size=16)
+        second = split_time(inputs, split, 45) | {"initial_state": s1}
+        y2, s2 = ssd(**second, output_final_state=True, chunk_size=16)
+    assert_close(torch.cat([y1, y2], dim=1), y_full, name="y")
+    assert_close(s2, s_full, name="final_state")
+
+
+def test_prefill_then_token_by_token_decode():
+    inputs = make_inputs(2, 36, 4, 8, 16, 2, 4, init=False, seed=7)
+    with backend.force_backend("torch"), torch.no_grad():
+        y_full, s_full = ssd(**inputs, output_final_state=True, chunk_size=16)
+        ys = []
+        y, state = ssd(**split_time(inputs, 0, 32), output_final_state=True, chunk_size=16)
+        ys.append(y)
+        for t in range(32, 36):
+            y, state = ssd(**split_time(inputs, t, t + 1) | {"initial_state": state}, output_final_state=True)
+            ys.append(y)
+    assert_close(torch.cat(ys, dim=1), y_full, name="y")
+    assert_close(state, s_full, name="final_state")
+
+
+def test_public_entry_on_cpu_matches_naive_and_keeps_dtype():
+    inputs = make_inputs(1, 21, 4, 8, 16, 4, 4, init=True, seed=9, dtype=torch.bfloat16)
+    y, s = ssd(**inputs, output_final_state=True, chunk_size=8)
+    y_ref, s_ref = naive_ssd(**inputs, output_final_state=True)
+    assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
+    assert rel_err(y, y_ref) < 1e-2
+    assert_close(s, s_ref, name="final_state")
+    _, none_state = ssd(**inputs)
+    assert none_state is None
+
+
+def test_bad_group_count_raises():
+    inputs = make_inputs(1, 4, 4, 8, 16, 3, 4, init=False)
+    with pytest.raises(ValueError, match="G dividing H"):
+        ssd(**inputs)
+
+
+# --- cross-checks against code written elsewhere -------------------------------------------------------------
+
+
+def transformers_mamba2_ssd():
+    """transformers' torch Mamba2 SSD functions (the ones Mamba2Mixer's torch path calls: chunked scan and decode
+    step), unwrapped from their kernel hooks so an installed mamba_ssm cannot replace them."""
+    from transformers.models.mamba2 import modeling_mamba2
+
+    return (
+        inspect.unwrap(modeling_mamba2.mamba2_chunk_scan),
+        inspect.unwrap(modeling_mamba2.mamba2_selective_state_update),
+    )
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["zero-state", "init-state"])
+def test_matches_transformers_mamba2_chunk_scan(init):
+    chunk_scan, _ = transformers_mamba2_ssd()
+    inputs = make_inputs(2, 37, 4, 8, 16, 2, 2, init=init, seed=11)
+    y_ref, s_ref = chunk_scan(
+        inputs["x"], inputs["dt"], inputs["A"], inputs["B"], inputs["C"], 16,
+        D=inputs["D"], initial_states=inputs["initial_state"], return_final_states=True,
+    )
+    y, s = ssd_chunked(**inputs, output_final_state=True, chunk_size=16)
+    assert_close(y, y_ref, name="y")
+    assert_close(s, s_ref, name="final_state")
+
+
+def test_matches_transformers_mamba2_decode_step():
+    _, state_update = transformers_mamba2_ssd()
+    bsz, nheads, headdim, dstate, groups = 2, 4, 8, 16, 2
+    inputs = make_inputs(bsz, 1, nheads, headdim, dstate, groups, groups, init=True, seed=13)
+    state = inputs["initial_state"].clone()
+    # Argument shapes exactly as Mamba2Mixer passes them (mamba_ssm's selective_state_update convention).
+    y_ref = state_update(
+        state,
+        inputs["x"][:, 0],
+        inputs["dt"][:, 0, :, None].expand(-1, -1, headdim),
+        inputs["A"][:, None, None].expand(-1, headdim, dstate),
+        inputs["B"][:, 0],
+        inputs["C"][:, 0],
+        inputs["D"][:, None].expand(-1, headdim),
+    )
+    y, s = ssd_recurrent(**inputs, output_final_state=True)
+    assert_close(y[:, 0], y_ref, name="y")
+    assert_close(s, state, name="state")
+
+
+def test_conv_and_ssd_reproduce_transformers_mamba2_mixer():
+    """Both ops stitched together reproduce a whole (tiny, fp32) transformers Mamba2Mixer forward."""
+    from transformers import Mamba2Config
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+    torch.manual_seed(0)
+    config = Mamba2Config(
+        hidden_size=32, num_heads=4, head_dim=16, expand=2, state_size=16, n_groups=2, conv_kernel=4,
+        chunk_size=16, num_hidden_layers=1, vocab_size=10,
+    )
+    mixer = Mamba2Mixer(config, layer_idx=0).eval()
+    with torch.no_grad():
+        mixer.A_log.uniform_(0.0, 2.0)
+        mixer.D.normal_()
+        mixer.dt_bias.normal_(-2.0, 0.5)
+    hidden = torch.randn(2, 29, 32)
+    with torch.no_grad():
+        expected = mixer(hidden)
+
+        inner, groups, dstate = mixer.intermediate_size, mixer.n_groups, mixer.ssm_state_size
+        gate, xbc, dt = mixer.in_proj(hidden).split([inner, mixer.conv_dim, mixer.num_heads], dim=-1)
+        xbc, _ = causal_conv1d(xbc, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, activation="silu")
+        x, B, C = xbc.split([inner, groups * dstate, groups * dstate], dim=-1)
+        dt = F.softplus(dt + mixer.dt_bias).clamp(*mixer.time_step_limit)
+        y, _ = ssd(
+            x.unflatten(-1, (mixer.num_heads, mixer.head_dim)), dt, -torch.exp(mixer.A_log.float()),
+            B.unflatten(-1, (groups, dstate)), C.unflatten(-1, (groups, dstate)),
+            D=mixer.D, chunk_size=mixer.chunk_size,
+        )
+        actual = mixer.out_proj(mixer.norm(y.flatten(2), gate))
+    assert_close(actual, expected, name="mixer output")
+
+
+def fla_simple_gla_naive():
+    """fla's pure-torch simple-GLA references, loaded from their file: importing `fla.ops` needs triton."""
+    spec = importlib.util.find_spec("fla")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("fla-core is not installed")
+    path = Path(spec.submodule_search_locations[0]) / "ops" / "simple_gla" / "naive.py"
+    module_spec = importlib.util.spec_from_file_location("fla_simple_gla_naive", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["zero-state", "init-state"])
+def test_simple_gla_mapping_with_fla_references(init):
+    """The q=C, k=B, v=dt*x, g=dt*A, scale=1 mapping (and the state transpose) the fla fast path relies on."""
+    naive = fla_simple_gla_naive()
+    inputs = make_inputs(2, 37, 4, 8, 16, 2, 4, init=init, seed=17)
+    y_ref, s_ref = naive_ssd(**inputs, output_final_state=True)
+    q, k, v, g, h0 = simple_gla_inputs(*(inputs[k] for k in ("x", "dt", "A", "B", "C", "initial_state")))
+    skip = inputs["D"][:, None] * inputs["x"]
+    o, s = naive.naive_recurrent_simple_gla(q, k, v, g, scale=1.0, initial_state=h0, output_final_state=True)
+    assert_close(o + skip, y_ref, name="recurrent y")
+    assert_close(s.transpose(-1, -2), s_ref, name="recurrent state")
+    o, s = naive.naive_chunk_simple_gla(q, k, v, g, initial_state=h0, output_final_state=True, chunk_size=16, scale=1.0)
+    assert_close(o + skip, y_ref, name="chunk y")
+    assert_close(s.transpose(-1, -2), s_ref, name="chunk state")
+
+
+# --- CUDA: fast kernels against the torch path ---------------------------------------------------------------
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def require_fla():
+    if not backend.has_module("fla.ops.simple_gla"):
+        pytest.skip("fla.ops.simple_gla does not import (pip install 'hylo-search[gpu]')")
+
+
+GPU_CASES = [(4096, 8, 16), (1000, 8, 16), (1000, 8, 8)]
+# dA sums dg * dt over Bsz * T with heavy cancellation: rounding dy to bf16 alone moves it by ~1e-2 at T=4096.
+GRAD_TOLERANCE = {"A": 5e-2}
+
+
+@pytest.mark.parametrize(
+    "seqlen,gb,gc", GPU_CASES, ids=[f"B1-T{t}-H16-P128-N128-GB{b}-GC{c}" for t, b, c in GPU_CASES]
+)
+@pytest.mark.parametrize("path", ["auto", "fla"])
+@pytest.mark.gpu
+@cuda_only
+def test_fast_matches_torch_bf16(seqlen, gb, gc, path):
+    """Training: fast path (``auto`` dispatch on CUDA, or fla's ``chunk_simple_gla`` directly) against the float32
+    torch path on the same bf16 values, forward and every gradient."""
+    require_fla()
+    blocked = chunk_backward_blocked()
+    if path == "fla" and blocked:
+        pytest.skip("fla blocks chunk_simple_gla's backward on Hopper with Triton < 3.7.1 (fla issue #640)")
+    inputs = make_inputs(1, seqlen, 16, 128, 128, gb, gc, init=True, seed=21, device="cuda", dtype=torch.bfloat16)
+    ref_in = leaves({k: (v.float() if v is not None else None) for k, v in inputs.items()})
+    y_ref, s_ref, g_ref = run_with_grads(lambda **kw: ssd_chunked(**kw, output_final_state=True), ref_in)
+
+    def fn(**kw):
+        if path == "fla":
+            return ssd_fla(**kw, output_final_state=True)
+        if blocked:
+            with pytest.warns(RuntimeWarning, match="#640"):
+                return ssd(**kw, output_final_state=True)
+        return ssd(**kw, output_final_state=True)
+
+    y, s, g = run_with_grads(fn, leaves(inputs))
+    assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
+    assert rel_err(y, y_ref) < 5e-3, rel_err(y, y_ref)
+    assert rel_err(s, s_ref) < 5e-3, rel_err(s, s_ref)
+    for name in g_ref:
+        err = rel_err(g[name], g_ref[name])
+        assert err < GRAD_TOLERANCE.get(name, 2e-2), (name, err)
+
+
+@pytest.mark.parametrize("seqlen", [4096, 1000], ids=lambda t: f"B2-T{t}-H16-P128-N128-GB8-GC16")
+@pytest.mark.gpu
+@cuda_only
+def test_fast_forward_without_grad_matches_torch_bf16(seqlen):
+    """Inference prefill: `chunk_simple_gla` forward (taken even where its backward is blocked)."""
+    require_fla()
+    inputs = make_inputs(2, seqlen, 16, 128, 128, 8, 16, init=True, seed=22, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        y_ref, s_ref = ssd_chunked(**{k: v.float() for k, v in inputs.items()}, output_final_state=True)
+        with backend.force_backend("fast"):
+            y, s = ssd(**inputs, output_final_state=True)
+    assert rel_err(y, y_ref) < 5e-3, rel_err(y, y_ref)
+    assert rel_err(s, s_ref) < 5e-3, rel_err(s, s_ref)
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["zero-state", "init-state"])
+@pytest.mark.gpu
+@cuda_only
+def test_fast_decode_matches_torch_bf16(init):
+    require_fla()
+    inputs = make_inputs(2, 6, 16, 128, 128, 8, 16, init=init, seed=23, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        with backend.force_backend("torch"):
+            y_ref, s_ref = ssd(**inputs, output_final_state=True)
+        with backend.force_backend("fast"):
+            # Token by token through the fused recurrent kernel, carrying the state.
+            state, ys = inputs["initial_state"], []
+            for t in range(6):
+                y, state = ssd(**split_time(inputs, t, t + 1) | {"initial_state": state}, output_final_state=True)
+                ys.append(y)
+            y_all, s_all = ssd(**inputs, output_final_state=True)
+    assert rel_err(torch.cat(ys, dim=1), y_ref) < 5e-3
+    assert rel_err(state, s_ref) < 1e-3
+    assert rel_err(y_all, y_ref) < 5e-3
+    assert rel_err(s_all, s_ref) < 1e-3
