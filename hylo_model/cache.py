@@ -3,9 +3,11 @@
 Per layer, what is kept (B = batch, T = tokens seen):
 
 * ``attention``: ``key``/``value`` ``[B, H_kv, T, head_dim]`` in the activation dtype.
-* ``mla``: ``latent`` ``[B, T, kv_lora_rank]`` (the compressed KV, after ``kv_a_layernorm`` when present) and
-  ``k_pe`` ``[B, R, T, qk_rope_head_dim]`` (the RoPE'd decoupled key, R = ``mla_rope_heads``). Decoding reads them
-  in the absorbed-weight form; the per-head keys and values are never stored.
+* ``mla``: the compressed KV (after ``kv_a_layernorm`` when present) and the RoPE'd decoupled key. With one RoPE
+  key (DeepSeek's R = 1) both live in one tensor ``latent_pe`` ``[B, 1, T, kv_lora_rank + qk_rope_head_dim]``,
+  which the absorbed form reads directly as its key (and, through its first ``kv_lora_rank`` dims, as its value);
+  with R > 1, ``latent`` ``[B, T, kv_lora_rank]`` and ``k_pe`` ``[B, R, T, qk_rope_head_dim]``. The per-head keys
+  and values are never stored.
 * ``mamba2``: ``conv`` ``[B, conv_dim, K-1]`` (the last K-1 inputs of the short convolution) in the activation
   dtype and ``ssm`` ``[B, H, P, N]`` in float32 — constant in T.
 * ``gdn``: ``conv_q``/``conv_k``/``conv_v`` ``[B, C, K-1]`` and ``recurrent`` ``[B, HV, Dk, Dv]`` in float32 —
@@ -23,7 +25,7 @@ import torch
 
 from .config import HyLoConfig
 
-_TIME_DIM = {"key": 2, "value": 2, "latent": 1, "k_pe": 2}
+_TIME_DIM = {"key": 2, "value": 2, "latent": 1, "k_pe": 2, "latent_pe": 2}
 
 
 class HyLoCache:
@@ -31,28 +33,48 @@ class HyLoCache:
 
     Layers create their entries lazily on first use, so one cache serves any batch size, dtype and device.
     ``get_seq_length()`` is the number of tokens the cache has absorbed.
+
+    ``max_length`` preallocates each growing entry once at that many tokens (on its first append) and writes new
+    tokens in place: no ``torch.cat`` copy of the whole cache per step and no transient second copy, which is what
+    a million-token prefill needs. Without it, entries grow by concatenation.
     """
 
     is_compileable = False
 
-    def __init__(self, config: HyLoConfig) -> None:
+    def __init__(self, config: HyLoConfig, max_length: int | None = None) -> None:
         self.mixers = list(config.layer_mixers)
+        self.max_length = max_length
         self.layers: list[dict[str, torch.Tensor]] = [{} for _ in self.mixers]
+        self._buffers: list[dict[str, torch.Tensor]] = [{} for _ in self.mixers]
         self._seen_tokens = 0
 
     # ---------------------------------------------------------------------------------------- attention/MLA
     def append(self, layer_idx: int, **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Append new time steps to a growing entry (``key``/``value`` or ``latent``/``k_pe``); returns all of it."""
+        """Append new time steps to a growing entry (``key``/``value``, ``latent_pe`` or ``latent``/``k_pe``);
+        returns the layer's entry, every tensor covering all tokens so far."""
         entry = self.layers[layer_idx]
         for name, tensor in tensors.items():
-            old = entry.get(name)
-            entry[name] = tensor if old is None else torch.cat([old, tensor], dim=_TIME_DIM[name])
+            dim, old = _TIME_DIM[name], entry.get(name)
+            if self.max_length is None:
+                entry[name] = tensor if old is None else torch.cat([old, tensor], dim=dim)
+                continue
+            used = 0 if old is None else old.shape[dim]
+            length = used + tensor.shape[dim]
+            if length > self.max_length:
+                raise ValueError(f"HyLoCache(max_length={self.max_length}) is full: layer {layer_idx} needs {length}")
+            buffer = self._buffers[layer_idx].get(name)
+            if buffer is None:
+                shape = list(tensor.shape)
+                shape[dim] = self.max_length
+                buffer = self._buffers[layer_idx][name] = tensor.new_empty(shape)
+            buffer.narrow(dim, used, tensor.shape[dim]).copy_(tensor)
+            entry[name] = buffer.narrow(dim, 0, length)
         return entry
 
     def cached_length(self, layer_idx: int) -> int:
         """Tokens held by an attention or MLA layer (0 before its first call)."""
         entry = self.layers[layer_idx]
-        for name in ("key", "latent"):
+        for name in ("key", "latent_pe", "latent"):
             if name in entry:
                 return entry[name].shape[_TIME_DIM[name]]
         return 0
@@ -90,28 +112,43 @@ class HyLoCache:
             yield from entry.values()
 
     def nbytes(self) -> int:
-        """Bytes held by the cache's tensors right now."""
+        """Bytes of the tokens the cache holds right now (what :func:`cache_bytes` predicts)."""
         return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def allocated_nbytes(self) -> int:
+        """Bytes of device memory the cache occupies (the preallocated capacity, when ``max_length`` is set)."""
+        total = 0
+        for entry, buffers in zip(self.layers, self._buffers):
+            for name, tensor in entry.items():
+                held = buffers.get(name, tensor)
+                total += held.numel() * held.element_size()
+        return total
 
     def layer_nbytes(self, layer_idx: int) -> int:
         return sum(t.numel() * t.element_size() for t in self.layers[layer_idx].values())
 
+    def _map_batch(self, fn) -> None:
+        for entry, buffers in zip(self.layers, self._buffers):
+            for name, tensor in list(entry.items()):
+                if name in buffers:
+                    buffers[name] = fn(buffers[name])
+                    entry[name] = buffers[name].narrow(_TIME_DIM[name], 0, tensor.shape[_TIME_DIM[name]])
+                else:
+                    entry[name] = fn(tensor)
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Select batch rows (beam search)."""
-        for entry in self.layers:
-            for name, tensor in entry.items():
-                entry[name] = tensor.index_select(0, beam_idx.to(tensor.device))
+        self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        for entry in self.layers:
-            for name, tensor in entry.items():
-                entry[name] = tensor.repeat_interleave(repeats, dim=0)
+        self._map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self.reorder_cache(indices)
 
     def reset(self) -> None:
         self.layers = [{} for _ in self.mixers]
+        self._buffers = [{} for _ in self.mixers]
         self._seen_tokens = 0
 
 

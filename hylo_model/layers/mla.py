@@ -90,7 +90,8 @@ class MultiHeadLatentAttention(nn.Module):
         **_: object,
     ) -> torch.Tensor:
         """hidden_states ``[B, T, hidden]`` -> ``[B, T, hidden]``; position_ids ``[B|1, T]``.
-        ``absorb`` forces (or forbids) the absorbed-weight form; by default it is used for short cached steps."""
+        ``absorb`` forces (or forbids) the absorbed-weight form; by default a cached step uses it when it is
+        short or when the latent is small enough that it costs no more than re-expanding the cache."""
         bsz, seq_len, _ = hidden_states.shape
         q = self._queries(hidden_states)
         q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
@@ -106,20 +107,32 @@ class MultiHeadLatentAttention(nn.Module):
         cos, sin = self.rope.cos_sin(position_ids, hidden_states.dtype)
         q_pe = apply_rope(q_pe.transpose(1, 2), cos, sin)
         k_pe = apply_rope(k_pe.transpose(1, 2), cos, sin)
-        if cache is not None:
-            past = cache.cached_length(self.layer_idx)
-            entry = cache.append(self.layer_idx, latent=latent, k_pe=k_pe)
-            latent, k_pe = entry["latent"], entry["k_pe"]
+        past = cache.cached_length(self.layer_idx) if cache is not None else 0
+        if self.rope_heads == 1:
+            # One tensor [B, 1, S, r + d_rope]: the absorbed form's key, and (first r dims) its value.
+            latent_pe = torch.cat([latent.unsqueeze(1), k_pe], dim=-1)
+            if cache is not None:
+                latent_pe = cache.append(self.layer_idx, latent_pe=latent_pe)["latent_pe"]
+            latent, k_pe = latent_pe[:, 0, :, : self.kv_lora_rank], latent_pe[..., self.kv_lora_rank :]
         else:
-            past = 0
+            latent_pe = None
+            if cache is not None:
+                entry = cache.append(self.layer_idx, latent=latent, k_pe=k_pe)
+                latent, k_pe = entry["latent"], entry["k_pe"]
         if absorb is None:
-            absorb = past > 0 and seq_len <= ABSORB_MAX_TOKENS
+            absorb = past > 0 and (seq_len <= ABSORB_MAX_TOKENS or self._absorbed_is_cheaper())
 
+        q_nope = q_nope.transpose(1, 2)
         if absorb:
-            out = self._attend_absorbed(q_nope.transpose(1, 2), q_pe, latent, k_pe, attention_mask)
+            out = self._attend_absorbed(q_nope, q_pe, latent, k_pe, latent_pe, attention_mask)
         else:
-            out = self._attend_expanded(q_nope.transpose(1, 2), q_pe, latent, k_pe, attention_mask)
+            out = self._attend_expanded(q_nope, q_pe, latent, k_pe, attention_mask)
         return self.o_proj(out.transpose(1, 2).reshape(bsz, seq_len, self.num_heads * self.v_dim))
+
+    def _absorbed_is_cheaper(self) -> bool:
+        """Per query-key pair the absorbed form does 2r + d_rope multiply-adds, the expanded one qk_dim + v_dim
+        (and it re-expands every cached token): with small latents (upcycled ranks) absorbed wins at any length."""
+        return 2 * self.kv_lora_rank + self.rope_dim <= self.qk_dim + self.v_dim
 
     def _attend_expanded(self, q_nope, q_pe, latent, k_pe, mask: AttentionMask) -> torch.Tensor:
         """Per-head keys/values from the latent, then SDPA. q_nope ``[B, H, T, dn]``, q_pe ``[B, H, T, dr]``,
@@ -132,18 +145,22 @@ class MultiHeadLatentAttention(nn.Module):
         k = torch.cat([k_nope, k_pe], dim=-1)
         return sdpa(q, k, v, mask, self.scale)
 
-    def _attend_absorbed(self, q_nope, q_pe, latent, k_pe, mask: AttentionMask) -> torch.Tensor:
+    def _attend_absorbed(self, q_nope, q_pe, latent, k_pe, latent_pe, mask: AttentionMask) -> torch.Tensor:
         """Attention straight over the cached latent: score = (W_UK^T q_nope)·c + q_pe·k_pe, output =
         W_UV (Σ p c) + b_v. The key bias of kv_b_proj only shifts every score of a query by the same amount,
-        so softmax removes it exactly; the value bias passes through because the weights sum to one."""
+        so softmax removes it exactly; the value bias passes through because the weights sum to one.
+        With one RoPE key, the cached ``latent_pe`` serves as both key and value (its extra d_rope output dims are
+        dropped), so no per-step copy of the cache is made."""
         bsz, kv_len, rank = latent.shape
         weight = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, rank)
         w_uk, w_uv = weight.split([self.nope_dim, self.v_dim], dim=1)
         q_latent = torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk)
         q = torch.cat([q_latent, q_pe], dim=-1)
-        latent = latent.unsqueeze(1).expand(bsz, self.rope_heads, kv_len, rank)
-        k = torch.cat([latent, k_pe], dim=-1)
-        context = sdpa(q, k, latent, mask, self.scale)
+        if latent_pe is not None:
+            context = sdpa(q, latent_pe, latent_pe, mask, self.scale)[..., :rank]
+        else:
+            latent = latent.unsqueeze(1).expand(bsz, self.rope_heads, kv_len, rank)
+            context = sdpa(q, torch.cat([latent, k_pe], dim=-1), latent, mask, self.scale)
         out = torch.einsum("bhtr,hvr->bhtv", context, w_uv)
         if self.kv_b_proj.bias is not None:
             v_bias = self.kv_b_proj.bias.view(self.num_heads, self.nope_dim + self.v_dim)[:, self.nope_dim :]

@@ -140,3 +140,16 @@ def test_cache_bytes_matches_real_cache(model):
 
     for i in linear:
         assert layer_cache_bytes(model.config, i, 10) == layer_cache_bytes(model.config, i, 100_000)
+
+
+@torch.no_grad()
+def test_preallocated_cache_equals_growing_cache(model, tokens):
+    full = model(tokens, use_cache=False).logits
+    cache = HyLoCache(model.config, max_length=tokens.shape[1])
+    parts = [model(tokens[:, s : s + 16], cache=cache, use_cache=True).logits for s in range(0, tokens.shape[1], 16)]
+    assert _max_diff(torch.cat(parts, dim=1), full) < ATOL
+    assert cache.nbytes() == model.cache_bytes(tokens.shape[1], batch_size=2, dtype=torch.float32)
+    assert cache.allocated_nbytes() >= cache.nbytes()
+    if any(m in ("attention", "mla") for m in model.config.layer_mixers):
+        with pytest.raises(ValueError, match="is full"):
+            model(tokens[:, :1], cache=cache, use_cache=True)

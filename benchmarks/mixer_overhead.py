@@ -1,0 +1,73 @@
+"""Each mixer op's fast path against the bare library kernel it calls, forward, at 4K-64K tokens.
+
+    python benchmarks/mixer_overhead.py --lengths 4k,16k,64k
+
+Ours: ``hylo_model.ops`` entry points (dispatch, dtype handling, state layout) and the attention helper
+``hylo_model.layers.common.sdpa``; bare: fla's ``chunk_gated_delta_rule`` / ``chunk_simple_gla`` and
+``torch.nn.functional.scaled_dot_product_attention`` on the same tensors. Median of ``triton.testing.do_bench``.
+B=1, 16 heads, head_dim 128 (GDN q/k/v, SSD P=N=128), 8 KV heads for attention, bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+
+def bench(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=50, rep=200, return_mode="median")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lengths", default="4k,16k,64k")
+    args = parser.parse_args()
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    from hylo_model.layers.common import AttentionMask, sdpa
+    from hylo_model.ops.gated_delta import gated_delta_rule, l2norm
+    from hylo_model.ops.ssd import ssd
+
+    dev, dt = "cuda", torch.bfloat16
+    rows = ["| op | T | ours ms | bare kernel ms | ratio |", "|---|---|---|---|---|"]
+    for text in args.lengths.split(","):
+        T = int(text.rstrip("k")) * 1024
+        H, D = 16, 128
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(1, T, H, D, device=dev, dtype=dt) for _ in range(3))
+        q, k = l2norm(q), l2norm(k)
+        g = -torch.rand(1, T, H, device=dev, dtype=torch.float32) * 0.1
+        beta = torch.rand(1, T, H, device=dev, dtype=torch.float32).to(dt)
+        with torch.no_grad():
+            ours = bench(lambda: gated_delta_rule(q, k, v, g, beta, output_final_state=True))
+            bare = bench(lambda: chunk_gated_delta_rule(q, k, v, g, beta, scale=D**-0.5, output_final_state=True))
+        rows.append(f"| gated_delta_rule | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |")
+
+        x = torch.randn(1, T, H, D, device=dev, dtype=dt)
+        dtv = torch.rand(1, T, H, device=dev, dtype=torch.float32) * 0.1
+        A = -torch.rand(H, device=dev) * 4
+        B = torch.randn(1, T, H, D, device=dev, dtype=dt)
+        C = torch.randn(1, T, H, D, device=dev, dtype=dt)
+        with torch.no_grad():
+            ours = bench(lambda: ssd(x, dtv, A, B, C, output_final_state=True))
+            bare = bench(lambda: chunk_simple_gla(C, B, (x * dtv[..., None]).to(dt), g=dtv * A, scale=1.0,
+                                                  output_final_state=True))
+        rows.append(f"| ssd (Mamba2) | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |")
+
+        qa = torch.randn(1, H, T, D, device=dev, dtype=dt)
+        ka, va = (torch.randn(1, 8, T, D, device=dev, dtype=dt) for _ in range(2))
+        with torch.no_grad():
+            ours = bench(lambda: sdpa(qa, ka, va, AttentionMask(None), D**-0.5))
+            bare = bench(lambda: F.scaled_dot_product_attention(qa, ka, va, is_causal=True, enable_gqa=True))
+        rows.append(f"| attention (SDPA, GQA) | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |")
+    print(f"card: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
