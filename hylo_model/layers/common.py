@@ -64,8 +64,10 @@ def rope_frequencies(config, dim: int | None = None) -> tuple[torch.Tensor, floa
         d = config.head_dim
         inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64, device="cpu").float() / d))
         return inv_freq, 1.0
-    # Explicitly on the CPU: models are often built under a meta-device context (from_pretrained).
-    return ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
+    # Explicitly on the CPU: models are often built under a meta-device context (from_pretrained), and some
+    # initialisers create tensors without a device argument before moving them, so pin the default device too.
+    with torch.device("cpu"):
+        return ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
 
 
 class RopeFrequencies:

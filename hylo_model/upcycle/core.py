@@ -158,7 +158,7 @@ def upcycle(
         for name, value in weights.items():
             put(mixer + name, value)
 
-    unused = [k for k in source._tensors if k not in used and not k.endswith(_IGNORED_SUFFIXES)]
+    unused = [k for k in source.names() if k not in used and not k.endswith(_IGNORED_SUFFIXES)]
     if unused:
         raise ValueError(f"teacher tensors not mapped by the {family.name} key table: {unused[:8]}"
                          f"{' ...' if len(unused) > 8 else ''}")

@@ -96,6 +96,9 @@ class TeacherSource:
                 tensors = {name: single for name in handle.keys()}
         return cls(config, str(teacher), tensors, directory)
 
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
     def has(self, name: str) -> bool:
         return name in self._tensors
 
