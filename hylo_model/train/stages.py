@@ -1,0 +1,254 @@
+"""What one optimizer step computes in each stage kind, and held-out evaluation.
+
+* :func:`parameter_groups` sorts every student parameter into exactly one named group (see recipe.py).
+* :func:`teacher_pass` runs the frozen teacher once under no_grad and returns what the stage needs: the final
+  (normed) hidden state, and per layer the input hidden state, the attention output and the block output, captured
+  with hooks as :func:`hylo_model.upcycle.layer_reconstruction` does.
+* :class:`AlignObjective` / :class:`DistillObjective` are ``nn.Module``s holding the student, so that accelerate /
+  DDP wrap them and synchronise gradients whatever the stage computes. They return sums over tokens weighted by
+  the caller's row weights, which carry the global normaliser (so two processes equal one, see trainer.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers.common import AttentionMask
+from .losses import distill_loss, token_loss
+from .recipe import GROUPS
+
+
+def parameter_groups(student: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """``{group: [(name, parameter), ...]}`` over :data:`~hylo_model.train.recipe.GROUPS`. A tied LM head is the
+    embedding matrix and belongs to ``embeddings``."""
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in GROUPS}
+    layers = student.model.layers
+    for name, param in student.named_parameters():
+        if name.startswith("model.layers."):
+            index, rest = name[len("model.layers."):].split(".", 1)
+            if rest.startswith("mixer."):
+                group = "attention" if layers[int(index)].mixer_type == "attention" else "mixers"
+            elif rest.startswith("mlp."):
+                group = "mlp"
+            elif rest.startswith(("input_layernorm.", "post_attention_layernorm.")):
+                group = "norms"
+            else:
+                raise ValueError(f"parameter {name!r} belongs to no training group")
+        elif name.startswith("model.embed_tokens."):
+            group = "embeddings"
+        elif name.startswith("model.norm."):
+            group = "norms"
+        elif name.startswith("lm_head."):
+            group = "lm_head"
+        else:
+            raise ValueError(f"parameter {name!r} belongs to no training group")
+        groups[group].append((name, param))
+    return groups
+
+
+def converted_layers(student: nn.Module) -> list[int]:
+    """Indices of layers whose mixer is not the teacher's attention (MLA, Mamba2, GDN)."""
+    return [i for i, layer in enumerate(student.model.layers) if layer.mixer_type != "attention"]
+
+
+def _decoder_layers(teacher: nn.Module) -> nn.ModuleList:
+    return teacher.model.layers
+
+
+def _attention_of(layer: nn.Module) -> nn.Module:
+    return layer.self_attn if hasattr(layer, "self_attn") else layer.mixer
+
+
+@dataclass
+class TeacherOutputs:
+    """``last_hidden`` ``[B, T, H]`` (after the final norm); per captured layer i: ``inputs[i]`` (the hidden state
+    entering layer i), ``attention[i]`` (its attention output), ``blocks[i]`` (the layer's output)."""
+
+    last_hidden: torch.Tensor | None
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)
+    blocks: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def teacher_pass(teacher: nn.Module, input_ids: torch.Tensor, layers: list[int] = (), *,
+                 attention: bool = False, blocks: bool = False, all_blocks: bool = False) -> TeacherOutputs:
+    """One no_grad forward of the teacher (transformers Llama/Qwen, or a HyLo model) on ``input_ids`` ``[B, T]``."""
+    out = TeacherOutputs(None)
+    hooks = []
+    decoder = _decoder_layers(teacher)
+    wanted = range(len(decoder)) if all_blocks else layers
+    for i in wanted:
+        layer = decoder[i]
+        if i in layers:
+            hooks.append(layer.register_forward_pre_hook(
+                lambda _m, args, kwargs, i=i: out.inputs.__setitem__(i, (args[0] if args else kwargs["hidden_states"])),
+                with_kwargs=True))
+            if attention:
+                hooks.append(_attention_of(layer).register_forward_hook(
+                    lambda _m, _a, res, i=i: out.attention.__setitem__(i, res[0] if isinstance(res, tuple) else res)))
+        if blocks or all_blocks:
+            hooks.append(layer.register_forward_hook(
+                lambda _m, _a, res, i=i: out.blocks.__setitem__(i, res[0] if isinstance(res, tuple) else res)))
+    try:
+        result = teacher.model(input_ids=input_ids, use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    out.last_hidden = result.last_hidden_state
+    return out
+
+
+def teacher_head(teacher: nn.Module) -> torch.Tensor:
+    """The teacher's LM head matrix ``[V, H]``."""
+    return teacher.get_output_embeddings().weight
+
+
+class AlignObjective(nn.Module):
+    """Layer-wise alignment of the converted mixers; the student's other parameters are frozen by the caller."""
+
+    def __init__(self, student: nn.Module, layers: list[int], target: str = "mixer", loss: str = "mse") -> None:
+        super().__init__()
+        self.student = student
+        self.layers = list(layers)
+        self.target = target
+        self.loss = loss
+
+    def forward(self, inputs: list[torch.Tensor], attention: list[torch.Tensor], blocks: list[torch.Tensor],
+                row_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per converted layer (in ``self.layers`` order): ``inputs`` ``[B, T, H]`` teacher hidden states entering
+        the layer; ``attention`` / ``blocks`` the teacher's attention / block outputs (only those the target
+        needs). row_weights ``[B, T]``. Returns the total and the per-layer weighted sums ``[L]``."""
+        base = self.student.model
+        seq_len = inputs[0].shape[1]
+        positions = torch.arange(seq_len, device=inputs[0].device)[None]
+        mask = AttentionMask(None)
+        per_layer = []
+        for slot, index in enumerate(self.layers):
+            layer = base.layers[index]
+            hidden = inputs[slot].to(layer.input_layernorm.weight.dtype)
+            mixed = layer.mixer(layer.input_layernorm(hidden), position_embeddings=base.rope.cos_sin(
+                positions, hidden.dtype), position_ids=positions, attention_mask=mask, cache=None)
+            term = hidden.new_zeros(hidden.shape[:2], dtype=torch.float32)
+            if self.target in ("mixer", "both"):
+                term = term + token_loss(mixed, attention[slot], self.loss)
+            if self.target in ("block", "both"):
+                out = hidden + mixed
+                out = out + layer.mlp(layer.post_attention_layernorm(out))
+                term = term + token_loss(out, blocks[slot], self.loss)
+            per_layer.append((term * row_weights).sum())
+        per_layer_t = torch.stack(per_layer)
+        return per_layer_t.sum(), per_layer_t.detach()
+
+
+class DistillObjective(nn.Module):
+    """End-to-end student forward + chunked KL/CE (+ optional hidden-state MSE) against teacher tensors."""
+
+    def __init__(self, student: nn.Module, *, temperature: float, kl_weight: float, ce_weight: float,
+                 hidden_weight: float, chunk: int) -> None:
+        super().__init__()
+        self.student = student
+        self.temperature, self.kl_weight, self.ce_weight = temperature, kl_weight, ce_weight
+        self.hidden_weight, self.chunk = hidden_weight, chunk
+
+    def forward(self, input_ids: torch.Tensor, teacher_hidden: torch.Tensor | None,
+                teacher_weight: torch.Tensor | None, kl_rows: torch.Tensor, ce_rows: torch.Tensor,
+                labels: torch.Tensor, teacher_blocks: list[torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """input_ids / kl_rows / ce_rows / labels ``[B, T]``; teacher_hidden ``[B, T, H']``; teacher_blocks: the
+        teacher's per-layer outputs (hidden_weight > 0). Returns the loss and detached weighted sums."""
+        want_hidden = self.hidden_weight > 0
+        out = self.student.model(input_ids=input_ids, use_cache=False, output_hidden_states=want_hidden)
+        hidden = out.last_hidden_state
+        loss, kl_sum, ce_sum = distill_loss(
+            hidden.flatten(0, 1), self.student.lm_head.weight,
+            teacher_hidden.flatten(0, 1) if teacher_hidden is not None else None, teacher_weight,
+            kl_rows=kl_rows.flatten(), ce_rows=ce_rows.flatten(), labels=labels.flatten(),
+            temperature=self.temperature, kl_weight=self.kl_weight if teacher_hidden is not None else 0.0,
+            ce_weight=self.ce_weight, chunk=self.chunk,
+        )
+        stats = {"kl": kl_sum, "ce": ce_sum}
+        if want_hidden:
+            # Layer outputs: HyLo's hidden_states are (embeddings, inputs of layers 1.., final normed); the raw
+            # output of layer i is the input of layer i+1, and the last layer is compared after the final norm.
+            student_blocks = list(out.hidden_states[1:-1]) + [hidden]
+            terms = [token_loss(s, t) for s, t in zip(student_blocks, teacher_blocks)]
+            hidden_sum = (torch.stack(terms).mean(0) * kl_rows).sum()
+            loss = loss + self.hidden_weight * hidden_sum
+            stats["hidden"] = hidden_sum.detach()
+        return loss, stats
+
+
+def next_token_labels(input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` labels: the next token of the same row, -100 at the last real token and on padding."""
+    labels = torch.full_like(input_ids, -100)
+    labels[:, :-1] = input_ids[:, 1:]
+    positions = torch.arange(input_ids.shape[1])[None, :]
+    labels[positions >= (lengths[:, None] - 1)] = -100
+    return labels
+
+
+@torch.no_grad()
+def evaluate(student: nn.Module, teacher: nn.Module | None, input_ids: torch.Tensor, lengths: torch.Tensor, *,
+             micro_batch_size: int, layers: list[int] = (), align: tuple[str, str] | None = None, chunk: int = 1024,
+             device: torch.device | None = None, autocast: Any = None) -> dict[str, Any]:
+    """Held-out metrics per token: ``kl`` (teacher ‖ student at τ = 1), ``ce`` (student next-token loss) and, with
+    ``align=(target, loss)``, ``layer_loss`` {layer: mean per-token loss} of each converted layer fed the teacher's
+    input (the align stage's own objective)."""
+    device = device or next(student.parameters()).device
+    was_training = student.training
+    student.eval()
+    kl = ce = 0.0
+    n_kl = n_ce = 0
+    per_layer = torch.zeros(len(layers), dtype=torch.float64)
+    aligner = AlignObjective(student, layers, *(align or ("mixer", "mse")))
+    try:
+        for start in range(0, input_ids.shape[0], micro_batch_size):
+            ids = input_ids[start:start + micro_batch_size].to(device)
+            lens = lengths[start:start + micro_batch_size]
+            mask = (torch.arange(ids.shape[1])[None] < lens[:, None]).to(device)
+            labels = next_token_labels(ids.cpu(), lens).to(device)
+            with autocast() if autocast else nullcontext():
+                t_out = None
+                if teacher is not None:
+                    t_out = teacher_pass(teacher, ids, layers if align else [], attention=bool(align),
+                                         blocks=bool(align))
+                hidden = student.model(input_ids=ids, use_cache=False).last_hidden_state
+                _, kl_sum, ce_sum = distill_loss(
+                    hidden.flatten(0, 1), student.lm_head.weight,
+                    t_out.last_hidden.flatten(0, 1) if t_out is not None else None,
+                    teacher_head(teacher) if teacher is not None else None,
+                    kl_rows=mask.flatten().float(), ce_rows=mask.flatten().float(), labels=labels.flatten(),
+                    kl_weight=1.0 if teacher is not None else 0.0, ce_weight=1.0, chunk=chunk)
+                kl += kl_sum.item()
+                ce += ce_sum.item()
+                n_kl += int(mask.sum())
+                n_ce += int((labels >= 0).sum())
+                if align and layers:
+                    _, sums = aligner([t_out.inputs[i] for i in layers], [t_out.attention[i] for i in layers],
+                                      [t_out.blocks[i] for i in layers], mask.float())
+                    per_layer += sums.double().cpu()
+    finally:
+        student.train(was_training)
+    result: dict[str, Any] = {"kl": kl / max(n_kl, 1) if teacher is not None else None, "ce": ce / max(n_ce, 1)}
+    if align:
+        result["layer_loss"] = {int(i): float(v) / max(n_kl, 1) for i, v in zip(layers, per_layer)}
+    return result
+
+
+__all__ = [
+    "AlignObjective",
+    "DistillObjective",
+    "TeacherOutputs",
+    "converted_layers",
+    "evaluate",
+    "next_token_labels",
+    "parameter_groups",
+    "teacher_head",
+    "teacher_pass",
+]

@@ -1,0 +1,75 @@
+"""``hylo-search promote STUDY --trial N --recipe RECIPE --out DIR``: train a study trial's layout for real.
+
+The layout comes from ``hylo_search.results.export_layout(study, trial)`` (the same file ``hylo-search export``
+writes), or from ``--layout-file`` (such a file, with ``teacher:`` beside ``layout:``). Training is exactly
+``hylo-search train``; where the layout came from is recorded in the run's run.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .train import add_training_arguments, execute
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "promote", help="train the layout of a study trial with a full recipe",
+        description="Take the exported layout of a study trial (or a layout file) and train it through a recipe, "
+        "as `hylo-search train` does.",
+    )
+    parser.add_argument("study", nargs="?", default=None, help="study name or path (with --trial)")
+    parser.add_argument("--trial", type=int, default=None, help="trial number in the study")
+    parser.add_argument("--layout-file", default=None,
+                        help="a layout file from `hylo-search export` (instead of STUDY --trial)")
+    parser.add_argument("--teacher", default=None, help="teacher directory or hub id (default: the layout file's)")
+    add_training_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..errors import UsageError
+    from ..layout_files import read_layout
+
+    if args.layout_file and (args.study or args.trial is not None):
+        raise UsageError("give either STUDY --trial N or --layout-file FILE, not both")
+    if args.layout_file:
+        path = Path(args.layout_file)
+        if not path.is_file():
+            raise UsageError(f"--layout-file {path}: no such file")
+        origin = {"layout_file": str(path.resolve())}
+    else:
+        if args.study is None or args.trial is None:
+            raise UsageError("give STUDY --trial N, or --layout-file FILE")
+        try:
+            from ..results import export_layout
+        except ImportError:
+            raise UsageError("promoting from a study needs hylo_search.results.export_layout, which this "
+                             "installation lacks; write the layout with `hylo-search export STUDY --trial N --out "
+                             "layout.yaml` and pass --layout-file layout.yaml") from None
+        try:
+            path = Path(export_layout(args.study, args.trial))
+        except (KeyError, LookupError, ValueError, OSError) as error:
+            raise UsageError(f"study {args.study!r} trial {args.trial}: {error}") from None
+        origin = {"study": str(args.study), "trial": args.trial, "layout_file": str(path)}
+    layout = read_layout(path)
+    data = yaml.safe_load(path.read_text())
+    data = data if isinstance(data, dict) else {}
+    upcycle = data.get("upcycle") or {}
+    if not isinstance(upcycle, dict):
+        raise UsageError(f"{path}: field 'upcycle' must be a mapping of upcycling options")
+    teacher = args.teacher
+    if teacher is None:
+        teacher = data.get("teacher")
+        if not teacher:
+            raise UsageError(f"{path}: no 'teacher' field; pass --teacher DIR_OR_HUB_ID")
+        # A relative teacher path is relative to the layout file.
+        relative = path.parent / str(teacher)
+        teacher = str(relative) if not Path(str(teacher)).is_absolute() and relative.is_dir() else str(teacher)
+    origin["layout"] = str(layout)
+    # The trial's own upcycling options (recorded by `export`) win over the recipe's, so the promoted student starts
+    # exactly as the searched one did.
+    return execute(teacher, layout, args, origin=origin, student_options=upcycle)
