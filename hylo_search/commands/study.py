@@ -1,0 +1,126 @@
+"""``hylo-search study NAME|PATH``: run (or resume) a layout search; ``--dry-run`` only describes it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "study", help="run or resume a multi-objective layout search",
+        description="Run the study NAME (a shipped studies/NAME.yaml) or PATH (a study YAML) until it holds "
+        "--trials trials (completed or failed; infeasible and duplicate proposals do not count). Rerunning the "
+        "same command resumes it. Output: ./hylo_runs/<name>/ ($HYLO_RUNS_DIR, or --out).",
+    )
+    parser.add_argument("study", metavar="NAME|PATH", help="shipped study name or study YAML file")
+    parser.add_argument("--trials", type=int, default=None, help="trials the study should hold (default: the YAML's)")
+    parser.add_argument("--executor", choices=["local", "ray"], default=None, help="default: the YAML's")
+    parser.add_argument("--address", default=None, help="Ray cluster to join (ray executor), e.g. 10.0.0.1:6379")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite under the study folder)")
+    parser.add_argument("--out", default=None, help="study folder (default ./hylo_runs/<name>)")
+    parser.add_argument("--seed", type=int, default=None, help="override the study's seed")
+    parser.add_argument("--dry-run", action="store_true", help="describe the space, baselines and costs; run nothing")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    import optuna
+
+    from ..errors import UsageError
+    from ..study import load_study
+
+    # The driver reports every trial itself; Optuna's per-trial log lines and "experimental" notes are noise here.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    if args.trials is not None and args.trials < 1:
+        raise UsageError(f"--trials must be >= 1, got {args.trials}")
+    loaded = load_study(args.study, seed=args.seed)
+    from ..engine import options_for
+
+    options = options_for(loaded, args.trials, args.executor, args.address, args.storage, args.out)
+    if args.dry_run:
+        from ..report import dry_run_report
+
+        print(dry_run_report(loaded, options))
+        return 0
+    from ..engine import run_study
+
+    progress = _Progress(options.trials, loaded.metrics)
+    try:
+        summary = progress.run(lambda report: run_study(loaded, options, reporter=report))
+    except RuntimeError as error:
+        print(f"hylo-search study: error: {error}", file=sys.stderr)
+        return 1
+    counts = summary.counts
+    print(f"{loaded.name}: {summary.stop_reason}; {counts['complete']} completed, {counts['failed']} failed, "
+          f"{counts['infeasible']} infeasible, {counts['duplicate']} duplicate proposals")
+    print(f"front: trials {', '.join(map(str, summary.front)) or 'none yet'}")
+    print(f"  hylo-search pareto {_ref(args, loaded)}     table: {summary.folder / 'trials.parquet'}")
+    if summary.front:
+        print(f"  hylo-search export {_ref(args, loaded)} --trial {summary.front[0]}")
+    return 0 if counts["complete"] or not counts["failed"] else 1
+
+
+def _ref(args: argparse.Namespace, loaded: Any) -> str:
+    return args.out if args.out else loaded.name
+
+
+class _Progress:
+    """One line per finished trial (plain text when not a terminal) and, on a terminal, a live status bar."""
+
+    def __init__(self, target: int, metrics: list[str]) -> None:
+        from rich.console import Console
+
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.target = target
+        self.metrics = metrics
+        self.bar: Any = None
+        self.task: Any = None
+
+    def run(self, body: Any) -> Any:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if not self.console.is_terminal:
+            return body(self.report)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
+                      TimeElapsedColumn(), console=self.console) as bar:
+            self.bar = bar
+            self.task = bar.add_task("trials", total=self.target, status="starting")
+            return body(self.report)
+
+    def report(self, event: str, info: dict[str, Any]) -> None:
+        if event == "started":
+            counts = info["counts"]
+            resumed = f", resuming with {counts['counted']} trials" if counts["counted"] else ""
+            self.console.print(f"study folder {info['folder']} (storage {info['storage']}); "
+                               f"{info['capacity']} trial(s) at a time{resumed}")
+            self._status(counts)
+            return
+        if event != "trial":
+            return
+        trial, counts = info["trial"], info["counts"]
+        attrs = trial.user_attrs
+        status = "duplicate" if "duplicate_of" in attrs else "infeasible" if "infeasible" in attrs else \
+            trial.state.name.lower()
+        line = f"trial {trial.number:>4} {status:<10} {attrs.get('layout', '')}"
+        if trial.values:
+            line += "  " + "  ".join(f"{m}={v:.4g}" for m, v in zip(self.metrics, trial.values))
+        if attrs.get("failure"):
+            line += f"  ({attrs['failure']})"
+        if attrs.get("baseline"):
+            line += f"  [baseline {attrs['baseline']}]"
+        line += (f"   | done {counts['complete']}  running {counts['running']}  failed {counts['failed']}  "
+                 f"infeasible {counts['infeasible']}  front {counts['front']}")
+        self.console.print(line)
+        self._status(counts)
+
+    def _status(self, counts: dict[str, int]) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=counts["counted"],
+                            status=f"done {counts['complete']} running {counts.get('running', 0)} failed "
+                                   f"{counts['failed']} front {counts.get('front', 0)}")

@@ -1,0 +1,113 @@
+"""Shared plumbing for the YAML definitions (search spaces, studies): where the shipped ones live, how a name or a
+path is resolved, and how a validation error becomes one line that names the file, the field and the allowed values.
+
+Shipped definitions are looked up, in order, in ``$HYLO_SEARCH_DEFS/<kind>/`` (a folder holding ``studies/`` and
+``search_spaces/``), in the source tree next to the package (editable installs and checkouts), and in
+``<prefix>/share/hylo-search/<kind>/`` (where a wheel installs them as data files).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from .errors import UsageError
+
+Model = TypeVar("Model", bound=BaseModel)
+KINDS = ("studies", "search_spaces")
+
+
+def definition_dirs(kind: str) -> list[Path]:
+    """Folders that may hold shipped definitions of ``kind`` ("studies" or "search_spaces"), existing ones only."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    candidates = []
+    if os.environ.get("HYLO_SEARCH_DEFS"):
+        candidates.append(Path(os.environ["HYLO_SEARCH_DEFS"]) / kind)
+    candidates.append(Path(__file__).resolve().parents[1] / kind)
+    for prefix in {sys.prefix, sysconfig.get_paths()["data"]}:
+        candidates.append(Path(prefix) / "share" / "hylo-search" / kind)
+    return [path for path in candidates if path.is_dir()]
+
+
+def shipped_names(kind: str) -> list[str]:
+    names: set[str] = set()
+    for folder in definition_dirs(kind):
+        names.update(p.stem for p in folder.glob("*.yaml"))
+    return sorted(names)
+
+
+def resolve(kind: str, name_or_path: str | os.PathLike) -> Path:
+    """A shipped definition by name (``qwen1p7b``) or a YAML file by path; UsageError naming the choices."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.suffix in (".yaml", ".yml") or os.sep in text or path.is_file():
+        if not path.is_file():
+            raise UsageError(f"{text}: no such file")
+        return path
+    for folder in definition_dirs(kind):
+        candidate = folder / f"{text}.yaml"
+        if candidate.is_file():
+            return candidate
+    label = "study" if kind == "studies" else "search space"
+    raise UsageError(f"unknown {label} {text!r}; shipped: {', '.join(shipped_names(kind)) or 'none'} "
+                     f"(or give a path to a .yaml file)")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UsageError(f"{path}: malformed YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate(model: type[Model], data: dict[str, Any], source: str | Path, context: dict | None = None) -> Model:
+    """``model.model_validate(data)`` with the first error turned into one line: ``file: field 'a.b': message``."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as error:
+        raise UsageError(format_validation_error(error, source)) from None
+
+
+def format_validation_error(error: ValidationError, source: str | Path) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    allowed = (first.get("ctx") or {}).get("expected")
+    if allowed and "allowed" not in message:
+        message += f"; allowed: {allowed}"
+    more = len(error.errors()) - 1
+    return f"{source}: field '{loc}': {message}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+class Definition(BaseModel):
+    """Base of every YAML definition: frozen, and an unknown key is an error that lists the allowed fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                raise ValueError(f"unknown field {unknown[0]!r}; allowed: {', '.join(cls.model_fields)}")
+        return data

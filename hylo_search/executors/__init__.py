@@ -1,0 +1,27 @@
+"""Executors run trials for the driver; the driver keeps the Optuna ask/tell loop.
+
+Interface (duck-typed): ``capacity`` (trials that may run at once), ``submit(number, task)``,
+``wait(timeout) -> [(number, record), ...]`` (at least one finished trial unless the timeout passes) and
+``close()``. ``local`` runs trials in the driver's process, one at a time, on whatever the process sees (the study's
+``resources`` apply to Ray only); ``ray`` runs each as a Ray task with those resources, on a cluster it starts or
+joins (``--address``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(name: str, loaded: Any, address: str | None = None) -> Any:
+    resources = loaded.definition.executor.resources
+    if name == "local":
+        from .local import LocalExecutor
+
+        return LocalExecutor()
+    if name == "ray":
+        from .ray import RayExecutor
+
+        return RayExecutor(resources, address, loaded.definition.executor.max_concurrent)
+    raise ValueError(f"unknown executor {name!r}; allowed: {', '.join(EXECUTORS)}")

@@ -1,0 +1,90 @@
+"""Converted layers reused across trials: one safetensors file per (teacher, layer, token, options, seed, code).
+
+Upcycling an MLA layer costs an SVD per layer, and a study converts the same (layer, mixer, rank) in many layouts.
+:meth:`LayerCache.build` upcycles a layout once with the teacher init for the layers it has never seen, stores each
+converted mixer's tensors, and builds later layouts whose layers are all cached with ``init="random"`` (no SVD,
+only the dense copy) before loading the cached mixers over them.
+
+The key holds the teacher's content fingerprint, the layer index, the token (``L128``, ``G``...), the upcycle
+options, the seed, the dtype and :data:`CODE_VERSION` (a digest of the model and upcycling source), so a change to
+any of them converts again. One caveat, by design: a Mamba2/GDN layer's randomly initialised parts (gate, dt) come
+from the first layout that converted that layer; with parallel workers which layout was first can vary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_SOURCES = ("config.py", "model.py", "layers", "upcycle", "ops")
+
+
+def _code_version() -> str:
+    import hylo_model
+
+    root = Path(hylo_model.__file__).parent
+    digest = hashlib.sha256(hylo_model.__version__.encode())
+    for name in _SOURCES:
+        path = root / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(root).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CODE_VERSION = _code_version()
+
+
+@torch.no_grad()
+def teacher_fingerprint(model: Any) -> str:
+    """sha256 over the config and, per tensor, its name, shape, dtype, sum and absolute sum."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().float()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode())
+        digest.update(torch.stack([flat.sum(), flat.abs().sum()]).double().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class LayerCache:
+    def __init__(self, root: Path, fingerprint: str, options: dict[str, Any], seed: int) -> None:
+        self.root = Path(root)
+        self.fingerprint = fingerprint
+        self.options = dict(options)
+        self.seed = seed
+
+    def key(self, layer: int, token: str, dtype: torch.dtype) -> str:
+        payload = [self.fingerprint, layer, token, self.options, self.seed, str(dtype), CODE_VERSION]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def build(self, teacher: Any, tokens: list[str]) -> tuple[Any, dict[str, int]]:
+        """The upcycled student of ``tokens`` and ``{"layer_cache_hits": h, "layer_cache_misses": m}``."""
+        from safetensors.torch import load_file, save_file
+
+        from hylo_model import upcycle
+
+        dtype = next(teacher.parameters()).dtype
+        keys = {i: self.key(i, token, dtype) for i, token in enumerate(tokens) if token != "A"}
+        cached = {i for i, key in keys.items() if self.path(key).is_file()}
+        missing = sorted(set(keys) - cached)
+        student = upcycle(teacher, ",".join(tokens), seed=self.seed, init="teacher" if missing else "random",
+                          **self.options)
+        for i in missing:
+            mixer = student.model.layers[i].mixer
+            path = self.path(keys[i])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            save_file({k: v.detach().contiguous().cpu() for k, v in mixer.state_dict().items()}, str(tmp))
+            os.replace(tmp, path)
+        for i in sorted(cached):
+            mixer = student.model.layers[i].mixer
+            mixer.load_state_dict(load_file(str(self.path(keys[i]))), strict=True)
+        return student, {"layer_cache_hits": len(cached), "layer_cache_misses": len(missing)}

@@ -1,0 +1,111 @@
+"""``study --dry-run``: what a study would do, computed without running or writing anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .baselines import baselines
+from .objectives import memory_metrics
+from .study import LoadedStudy
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.4g} {unit}"
+        n /= 1024
+    return f"{n:.4g} TiB"
+
+
+def trial_flops(loaded: LoadedStudy) -> tuple[float, str]:
+    """A per-trial compute estimate from the standard rules (forward 2·N·tokens, training 6·N·tokens): the proxy's
+    training tokens (recipe) plus teacher and student forwards over the held-out and probe prompts."""
+    definition = loaded.definition
+    params = memory_metrics(loaded, loaded.space.teacher_tokens)["params"]
+    eval_tokens = sum(definition.probes.samples * n for n in definition.probes.lengths) * max(
+        1, len(definition.probes.tasks))
+    if loaded.proxy_kind != "recipe":  # the stand-in scores the held-out set; a recipe evaluates on its own split
+        eval_tokens += definition.data.heldout_sequences * definition.data.heldout_length
+    train_tokens = 0
+    if loaded.proxy_kind == "recipe":
+        train_tokens = definition.proxy.tokens or _recipe_tokens(definition.proxy.recipe)
+    flops = 6 * params * train_tokens + 2 * 2 * params * eval_tokens
+    how = (f"6·N·{train_tokens:,} training tokens + 2·2·N·{eval_tokens:,} evaluation tokens (teacher and student), "
+           f"N = {params / 1e9:.3g}B; attention's quadratic term not included")
+    return flops, how
+
+
+def _recipe_tokens(name: str) -> int:
+    """Tokens the named recipe trains on (0 when the training code cannot load it here)."""
+    try:
+        from hylo_model.train import load_recipe
+
+        return int(load_recipe(name).total_tokens())
+    except (ImportError, ValueError, AttributeError, TypeError):
+        return 0
+
+
+def dry_run_report(loaded: LoadedStudy, options: Any) -> str:
+    definition, space = loaded.definition, loaded.space
+    lines = [f"study {loaded.name} ({loaded.source})", f"  teacher {definition.teacher}: "
+             f"{space.num_layers} layers; space {loaded.space_source}"]
+    if space.is_ablation:
+        factors = space.space.ablation.factors()
+        lines.append(f"  ablation grid: {' x '.join(f'{k} {v}' for k, v in factors.items())}")
+    else:
+        fixed = [f"{i}={c[0]}" for i, c in enumerate(space.choices) if len(c) == 1]
+        lines.append(f"  per-layer choices: {len(space.free_layers)} free layers"
+                     + (f"; fixed {', '.join(fixed)}" if fixed else ""))
+    size = space.size()
+    fraction, how = space.feasible_fraction()
+    lines.append(f"  space size: {size:,} layouts ({size:.3e}); feasible fraction {fraction:.4g} ({how})")
+    teacher = memory_metrics(loaded, space.teacher_tokens)
+    lines.append(f"  teacher cache at {definition.target_length:,} tokens: {_bytes(teacher['cache_bytes'])}; "
+                 f"parameters {teacher['params'] / 1e6:,.2f}M")
+    for budget in space.space.budgets:
+        limit = space.budget_limit(budget)
+        value = space.costs.metric(budget.key, space.teacher_tokens)
+        shown = _bytes if budget.metric == "cache_bytes" else (lambda n: f"{n / 1e6:,.2f}M")
+        lines.append(f"  budget {budget.describe()}: limit {shown(limit)}; the teacher has {shown(value)} "
+                     f"({value / limit:.3g}x the limit)")
+    for rule in space.space.counts:
+        lines.append(f"  count rule: {rule.label} in {rule.min}..{rule.max if rule.max is not None else 'any'}")
+    lines.append("  objectives: " + ", ".join(f"{o.metric} ({o.direction})" for o in definition.objectives))
+    lines.append(f"  proxy: {loaded.proxy_kind}   probes: {loaded.probe_kind}   sampler: {definition.sampler.name}"
+                 f"{' + repair' if definition.sampler.repair and definition.sampler.name not in ('grid', 'brute_force') else ''}")
+    found = baselines(space)
+    lines.append(f"  baselines enqueued first ({len(found)}):")
+    for baseline in found:
+        tokens = list(baseline.tokens)
+        memory = memory_metrics(loaded, tokens)
+        verdict = "feasible" if space.is_feasible(tokens) else "infeasible (recorded, never trained)"
+        lines.append(f"    {baseline.name:<28} {baseline.code}  cache {memory['cache_ratio']:.3g}x  "
+                     f"params {memory['params_ratio']:.3g}x  {verdict}")
+    flops, how = trial_flops(loaded)
+    lines.append(f"  per-trial cost estimate: {flops:.3g} FLOP ({how})")
+    measured = _measured_durations(options)
+    if measured:
+        lines.append(f"  measured so far: {measured}")
+    lines.append(f"  would run {options.trials} trials with the {options.executor} executor; "
+                 f"folder {options.folder}; storage {options.storage}")
+    lines += [f"  warning: {problem} (trials cannot run until this is fixed)" for problem in loaded.problems]
+    lines.append("  dry run: nothing was run or written")
+    return "\n".join(lines)
+
+
+def _measured_durations(options: Any) -> str | None:
+    """Mean duration of completed trials when the study already exists (read only; creates nothing)."""
+    from . import runs
+
+    if not (options.folder / runs.MANIFEST).is_file():
+        return None
+    try:
+        handle = runs.open_run(str(options.folder), options.storage)
+    except Exception:  # noqa: BLE001 — a dry run reports what it can
+        return None
+    times = [(t.datetime_complete - t.datetime_start).total_seconds()
+             for t in handle.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+             and t.datetime_complete and t.datetime_start]
+    if not times:
+        return None
+    return f"{len(times)} completed trials, mean {sum(times) / len(times):.3g} s per trial"

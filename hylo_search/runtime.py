@@ -1,0 +1,226 @@
+"""The worker side of a trial: ``run_trial(task) -> record`` (what the local and Ray executors call).
+
+A :class:`StudyRuntime` holds what every trial of a study shares — the teacher (loaded once per process), its
+tokenizer and fingerprint, the held-out sequences (and the teacher's log-probabilities on them), the layer cache
+and the proxy / probe plug-ins — and is kept per process, so a Ray worker that runs several trials loads the
+teacher once. ``run_trial`` never raises: OOM, NaN and exceptions come back as a record with ``status: fail``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .layer_cache import LayerCache, teacher_fingerprint
+from .objectives import ProbeResult, ProxyResult, probe_class, proxy_class
+from .study import StudyDef
+from .teachers import teacher_directory
+
+_TEACHER_LOGPROB_LIMIT = 64 * 2**20  # cache the teacher's held-out log-probs only below this many floats
+
+
+@dataclass
+class TrialTask:
+    """Everything a worker needs, as plain data (pickled to Ray workers)."""
+
+    study: dict[str, Any]
+    study_dir: str
+    number: int
+    tokens: list[str]
+    seed: int
+    threads: int | None = None
+
+
+class StudyRuntime:
+    _current: tuple[str, StudyRuntime] | None = None
+
+    @classmethod
+    def get(cls, study: dict[str, Any], study_dir: str) -> StudyRuntime:
+        """The runtime of ``study`` in this process (one at a time: another study's is dropped first)."""
+        key = hashlib.sha256(json.dumps([study, study_dir], sort_keys=True).encode()).hexdigest()
+        if cls._current is None or cls._current[0] != key:
+            cls._current = None
+            cls._current = (key, cls(study, Path(study_dir)))
+        return cls._current[1]
+
+    def __init__(self, study: dict[str, Any], study_dir: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.definition = StudyDef.model_validate(study)
+        self.study_dir = study_dir
+        cache_dir = study_dir / "cache"
+        wants_gpu = self.definition.executor.resources.num_gpus > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if wants_gpu else "cpu")
+        # CPU runs in float32 (bf16 matmuls are slow there); GPUs in bf16.
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        teacher_dir = teacher_directory(self.definition.teacher, cache_dir)
+        self.teacher = AutoModelForCausalLM.from_pretrained(
+            teacher_dir, dtype=self.dtype, trust_remote_code=False, use_safetensors=True).to(self.device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.definition.tokenizer or teacher_dir,
+                                                           trust_remote_code=False)
+        except (OSError, ValueError):
+            self.tokenizer = None
+        self.fingerprint = teacher_fingerprint(self.teacher)
+        options = self.definition.upcycle.options()
+        self.layer_cache = LayerCache(cache_dir / "layers", self.fingerprint, options, self.definition.seed)
+        self._teacher_logprobs: list[torch.Tensor] | None = None
+        self._documents: dict[tuple[int, int], torch.Tensor] = {}
+        self.proxy = proxy_class(self.definition.proxy.kind)(self.definition.proxy, self.definition)
+        self.probes = probe_class(self.definition.probes.kind)(self.definition.probes, self.definition)
+
+    # -------------------------------------------------------------------------------------------------- data
+    @functools.cached_property
+    def heldout(self) -> torch.Tensor:
+        """``[heldout_sequences, heldout_length]`` held-out token ids (drawn on first use: a recipe proxy scores
+        on its own evaluation split and never needs them)."""
+        data = self.definition.data
+        return self.sequences(data.heldout_length, data.heldout_sequences, stream=0)
+
+    def sequences(self, length: int, count: int, stream: int) -> torch.Tensor:
+        """``[count, length]`` token ids from the study's data source, fixed by (seed, stream, length)."""
+        from .data import token_sequences
+
+        return token_sequences(self.definition.data.source, count, length, self.definition.seed * 1000 + stream,
+                               teacher=self.teacher, tokenizer=self.tokenizer).to(self.device)
+
+    def training_documents(self, length: int, count: int) -> torch.Tensor:
+        """Token documents for a proxy recipe from a built-in source (drawn once per process, apart from the
+        held-out stream), on the CPU."""
+        key = (length, count)
+        if key not in self._documents:
+            self._documents[key] = self.sequences(length, count, stream=-1).cpu()
+        return self._documents[key]
+
+    # ----------------------------------------------------------------------------------------------- scoring
+    @torch.no_grad()
+    def heldout_scores(self, student: Any, batch: int = 4) -> tuple[float, float]:
+        """Mean per-token KL(teacher || student) and the student's next-token cross-entropy on the held-out set."""
+        chunks = self.heldout.split(batch)
+        cache = self._teacher_logprobs is None and self.heldout.numel() * self.teacher.config.vocab_size <= \
+            _TEACHER_LOGPROB_LIMIT
+        kl_sum = ce_sum = 0.0
+        kl_n = ce_n = 0
+        for index, ids in enumerate(chunks):
+            if self._teacher_logprobs is not None:
+                teacher = self._teacher_logprobs[index]
+            else:
+                teacher = self.teacher(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
+            student_lp = student(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
+            kl = (teacher.exp() * (teacher - student_lp)).sum(-1)
+            ce = -student_lp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+            kl_sum += kl.sum().item()
+            ce_sum += ce.sum().item()
+            kl_n += kl.numel()
+            ce_n += ce.numel()
+            if cache:
+                self._teacher_logprobs = (self._teacher_logprobs or []) + [teacher]
+        return kl_sum / kl_n, ce_sum / ce_n
+
+    @torch.no_grad()
+    def agreement(self, model: Any, length: int, samples: int, batch: int = 4) -> float:
+        ids_all = self.sequences(length, samples, stream=length)
+        start = length - max(1, length // 4)
+        hits = total = 0
+        for ids in ids_all.split(batch):
+            want = self.teacher(input_ids=ids, use_cache=False).logits[:, start:].argmax(-1)
+            got = model(input_ids=ids, use_cache=False).logits[:, start:].argmax(-1)
+            hits += (want == got).sum().item()
+            total += want.numel()
+        return hits / total
+
+
+@dataclass
+class TrialContext:
+    """What a plug-in sees: the runtime (teacher, tokenizer, held-out data), the layout, the seed, and the student
+    (built lazily through the layer cache)."""
+
+    runtime: StudyRuntime
+    tokens: list[str]
+    seed: int
+    number: int
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_stats: dict[str, int] = field(default_factory=dict)
+    _student: Any = None
+
+    @property
+    def layout(self) -> str:
+        return ",".join(self.tokens)
+
+    def student(self) -> Any:
+        if self._student is None:
+            with timed(self.timings, "upcycle_s"):
+                self._student, self.cache_stats = self.runtime.layer_cache.build(self.runtime.teacher, self.tokens)
+        return self._student
+
+
+@contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = round(time.perf_counter() - start, 4)
+
+
+def run_trial(task: TrialTask) -> dict[str, Any]:
+    """Run one trial (upcycle -> proxy -> probes) and return its record; failures are records, not exceptions."""
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    record: dict[str, Any] = {"number": task.number, "host": platform.node(), "pid": os.getpid(),
+                              "node": _node_id(), "status": "fail"}
+    timings: dict[str, float] = {}
+    try:
+        with timed(timings, "setup_s"):
+            runtime = StudyRuntime.get(task.study, task.study_dir)
+        ctx = TrialContext(runtime, list(task.tokens), task.seed, task.number, timings)
+        with timed(timings, "proxy_s"):
+            proxy: ProxyResult = runtime.proxy(ctx)
+        with timed(timings, "probes_s"):
+            probes: ProbeResult = runtime.probes(ctx, proxy.model)
+        metrics = {**proxy.metrics, **probes.metrics}
+        bad = [k for k, v in metrics.items() if not math.isfinite(float(v))]
+        record.update(
+            metrics={k: float(v) for k, v in metrics.items()}, losses=proxy.losses, layer_table=proxy.layers,
+            probe_table=probes.table, details=proxy.details, cache=ctx.cache_stats,
+            teacher_fingerprint=runtime.fingerprint, device=str(runtime.device),
+        )
+        if bad:
+            record["failure"] = f"nan: {', '.join(bad)} not finite"
+        else:
+            record["status"] = "ok"
+    except torch.OutOfMemoryError as error:
+        record["failure"] = f"oom: {str(error).splitlines()[0] if str(error) else 'out of memory'}"
+    except Exception as error:  # noqa: BLE001 — any failure of one trial must not stop the study
+        # The training code reports a diverged run as NonFiniteLossError: that is a NaN failure, not a bug.
+        kind = "nan" if "NonFinite" in type(error).__name__ else "exception"
+        record["failure"] = f"{kind}: {type(error).__name__}: {error}"
+        record["traceback"] = "".join(traceback.format_exc().splitlines(keepends=True)[-12:])
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    record["timings"] = timings
+    return record
+
+
+def _node_id() -> str:
+    """The Ray node this runs on (inside a Ray task), else ``local:<host>``."""
+    ray = sys.modules.get("ray")  # only a Ray worker has imported it; never import it for a local run
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return f"local:{platform.node()}"
