@@ -114,7 +114,7 @@ class TeacherSource:
         tensor = value.detach()
         flat = tensor.float()
         self._hash.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode())
-        self._hash.update(torch.stack([flat.sum(), flat.abs().sum()]).double().numpy().tobytes())
+        self._hash.update(torch.stack([flat.sum(), flat.abs().sum()]).double().cpu().numpy().tobytes())
         return tensor
 
     def fingerprint(self) -> str:
