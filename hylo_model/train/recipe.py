@@ -375,9 +375,16 @@ class Recipe(_Strict):
 
 
 def recipes_dir() -> Path:
-    """Where shipped recipes live: ``$HYLO_RECIPES_DIR`` or ``studies/recipes`` of the source tree."""
+    """Where shipped recipes live: ``$HYLO_RECIPES_DIR``, ``studies/recipes`` of the source tree (editable
+    installs), or ``<prefix>/share/hylo-search/studies/recipes`` (wheel installs)."""
+    import sys
+
     override = os.environ.get("HYLO_RECIPES_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "studies" / "recipes"
+    if override:
+        return Path(override)
+    source = Path(__file__).resolve().parents[2] / "studies" / "recipes"
+    installed = Path(sys.prefix) / "share" / "hylo-search" / "studies" / "recipes"
+    return source if source.is_dir() or not installed.is_dir() else installed
 
 
 def shipped_recipes() -> dict[str, Path]:
