@@ -27,7 +27,7 @@ _ALIASES = {
     "m": "mamba2", "mamba2": "mamba2", "mamba": "mamba2",
     "g": "gdn", "gdn": "gdn", "gated_deltanet": "gdn", "gated_delta_net": "gdn",
 }
-_TOKEN = re.compile(r"^([a-z_0-9]*?[a-z_])(?::?(\d+))?(?:\*(\d+))?$")
+_RANKED = re.compile(r"([a-z_]+?):?(\d+)")
 ALLOWED_TOKENS = "A, L<rank>, M, G (or attention, mla<rank>, mamba2, gdn), optionally repeated as X*n"
 
 
@@ -71,15 +71,17 @@ class Layout:
             layers: list[LayerSpec] = []
             for token in tokens:
                 token_str = str(token).strip().lower()
-                match = _TOKEN.match(token_str)
-                mixer = _ALIASES.get(match.group(1)) if match else None
-                if mixer is None:
+                name, star, count = token_str.partition("*")
+                # A whole-name alias first ("mamba2" is Mamba2, not "mamba" with rank 2), then name + rank.
+                match = None if name in _ALIASES else _RANKED.fullmatch(name)
+                mixer = _ALIASES.get(name) or (_ALIASES.get(match.group(1)) if match else None)
+                if mixer is None or (star and not count.isdigit()):
                     raise ValueError(
                         f"layout {_short(code)!r}: layer {len(layers)}: unknown mixer {str(token).strip()!r}; "
                         f"allowed: {ALLOWED_TOKENS}"
                     )
-                rank = int(match.group(2)) if match.group(2) else None
-                repeat = int(match.group(3)) if match.group(3) else 1
+                rank = int(match.group(2)) if match else None
+                repeat = int(count) if star else 1
                 if rank is not None and mixer != "mla":
                     raise ValueError(
                         f"layout {_short(code)!r}: layer {len(layers)}: {str(token).strip()!r} takes no rank; "
