@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .cache import HyLoCache, cache_bytes
 from .config import HyLoConfig
 from .layers import MIXER_CLASSES, GatedDeltaNet, Mamba2
-from .layers.common import AttentionMask, RMSNorm, RopeFrequencies, rope_frequencies
+from .layers.common import AttentionMask, RMSNorm, RopeFrequencies, decay_init, rope_frequencies
 
 
 class MLP(nn.Module):
@@ -69,11 +69,10 @@ class HyLoPreTrainedModel(PreTrainedModel):
             bound = 1.0 / math.sqrt(module.weight.shape[-1])
             init.uniform_(module.weight, -bound, bound)
         if isinstance(module, (Mamba2, GatedDeltaNet)):
-            low = 1.0 if isinstance(module, Mamba2) else 0.0
-            init.copy_(module.A_log, torch.log(torch.empty_like(module.A_log).uniform_(low, 16)))
-            dt = torch.exp(torch.rand_like(module.dt_bias) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-            dt = dt.clamp(min=1e-4)
-            init.copy_(module.dt_bias, dt + torch.log(-torch.expm1(-dt)))
+            a_log, dt_bias = decay_init(module.A_log.shape[0], 1.0 if isinstance(module, Mamba2) else 0.0,
+                                        like=module.A_log)
+            init.copy_(module.A_log, a_log)
+            init.copy_(module.dt_bias, dt_bias)
         if isinstance(module, Mamba2):
             init.ones_(module.D)
 

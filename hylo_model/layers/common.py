@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+
+def decay_init(heads: int, low: float, *, like: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A_log, dt_bias)`` as mamba_ssm (A ~ U(1, 16)) and fla (A ~ U(0, 16)) draw them: A ~ U(low, 16), dt
+    log-uniform in [1e-3, 1e-1] (floored at 1e-4) stored as softplus⁻¹(dt)."""
+    options = {"device": like.device, "dtype": like.dtype} if like is not None else {}
+    a_log = torch.log(torch.empty(heads, **options).uniform_(low, 16))
+    dt = torch.exp(torch.rand(heads, **options) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    dt = dt.clamp(min=1e-4)
+    return a_log, dt + torch.log(-torch.expm1(-dt))
 
 
 class RMSNorm(nn.Module):

@@ -8,8 +8,6 @@ SiLU(g_proj x) (or a plain RMSNorm without the output gate); o_proj.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,7 +16,7 @@ from ..cache import HyLoCache
 from ..config import HyLoConfig
 from ..ops.conv import causal_conv1d
 from ..ops.gated_delta import gated_delta_rule
-from .common import AttentionMask, GatedRMSNorm, RMSNorm
+from .common import AttentionMask, GatedRMSNorm, RMSNorm, decay_init
 
 
 class GatedDeltaNet(nn.Module):
@@ -42,11 +40,8 @@ class GatedDeltaNet(nn.Module):
         self.q_conv1d = nn.Conv1d(self.key_dim, self.key_dim, kernel, groups=self.key_dim, bias=False)
         self.k_conv1d = nn.Conv1d(self.key_dim, self.key_dim, kernel, groups=self.key_dim, bias=False)
         self.v_conv1d = nn.Conv1d(self.value_dim, self.value_dim, kernel, groups=self.value_dim, bias=False)
-        # fla's defaults: A ~ U(0, 16), dt ~ log-uniform [1e-3, 1e-1] stored as softplus^-1 in dt_bias.
-        self.A_log = nn.Parameter(torch.log(torch.empty(self.num_v_heads).uniform_(0, 16)))
-        dt = torch.exp(torch.rand(self.num_v_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-        dt = dt.clamp(min=1e-4)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        a_log, dt_bias = decay_init(self.num_v_heads, 0.0)  # fla's defaults
+        self.A_log, self.dt_bias = nn.Parameter(a_log), nn.Parameter(dt_bias)
         for name in ("A_log", "dt_bias"):
             getattr(self, name)._no_weight_decay = True
         if config.gdn_use_gate:

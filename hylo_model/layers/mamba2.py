@@ -8,8 +8,6 @@ time; without it the layer is mamba_ssm's ``Mamba2`` (x with H heads, B and C wi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,7 +16,7 @@ from ..cache import HyLoCache
 from ..config import HyLoConfig
 from ..ops.conv import causal_conv1d
 from ..ops.ssd import ssd
-from .common import AttentionMask, GatedRMSNorm
+from .common import AttentionMask, GatedRMSNorm, decay_init
 
 
 class Mamba2(nn.Module):
@@ -42,11 +40,8 @@ class Mamba2(nn.Module):
             self.conv_dim, self.conv_dim, config.mamba_conv_kernel, groups=self.conv_dim,
             padding=config.mamba_conv_kernel - 1, bias=True,
         )
-        # mamba_ssm's defaults: A ~ U(1, 16), dt ~ log-uniform [1e-3, 1e-1] stored as softplus^-1 in dt_bias.
-        self.A_log = nn.Parameter(torch.log(torch.empty(self.num_heads).uniform_(1, 16)))
-        dt = torch.exp(torch.rand(self.num_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-        dt = dt.clamp(min=1e-4)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        a_log, dt_bias = decay_init(self.num_heads, 1.0)  # mamba_ssm's defaults
+        self.A_log, self.dt_bias = nn.Parameter(a_log), nn.Parameter(dt_bias)
         self.D = nn.Parameter(torch.ones(self.num_heads))
         self.norm = GatedRMSNorm(self.d_inner, config.rms_norm_eps, group_size=self.d_inner // self.c_groups)
         self.out_proj = nn.Linear(self.d_inner, hidden, bias=False)
