@@ -80,3 +80,19 @@ def tiny_teacher(family: str = "llama", seed: int = 0, std: float = 0.05, **over
             elif name.endswith("bias"):
                 param.normal_(0, std)
     return model
+
+
+def fla_reference(op: str):
+    """fla's pure-torch reference module ``fla/ops/<op>/naive.py``, loaded by file path: importing ``fla.ops``
+    normally needs triton, which CPU installs do not have. fla-core is a test dependency (pyproject ``test``)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("fla")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("fla-core is not installed; install the test extra: pip install -e '.[test]'")
+    path = Path(spec.submodule_search_locations[0]) / "ops" / op / "naive.py"
+    module_spec = importlib.util.spec_from_file_location(f"fla_{op}_naive", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module

@@ -13,9 +13,7 @@ Tolerances are on the max abs diff divided by the reference's max abs value.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import pytest
 import torch
@@ -28,7 +26,7 @@ from transformers.models.qwen3_next.modeling_qwen3_next import torch_recurrent_g
 from hylo_model import HyLoCache
 from hylo_model.layers import GatedDeltaNet, Mamba2, MultiHeadLatentAttention
 from hylo_model.layers.common import AttentionMask
-from tests.helpers import tiny_config
+from tests.helpers import fla_reference, tiny_config
 
 RTOL = 1e-5  # max |ours - reference| / max |reference|
 NO_MASK = AttentionMask(None)
@@ -231,18 +229,7 @@ def test_mamba2_states_and_decode_match_hf(mamba):
 
 
 # ============================================================================================================ GDN
-def _load_fla_naive():
-    spec = importlib.util.find_spec("fla")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("fla-core is not installed")
-    path = os.path.join(spec.submodule_search_locations[0], "ops", "gated_delta_rule", "naive.py")
-    module_spec = importlib.util.spec_from_file_location("_fla_gated_delta_naive", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.naive_recurrent_gated_delta_rule
-
-
-fla_naive_recurrent_gated_delta_rule = _load_fla_naive()
+fla_naive_recurrent_gated_delta_rule = fla_reference("gated_delta_rule").naive_recurrent_gated_delta_rule
 
 
 def _fla_l2norm(x: torch.Tensor) -> torch.Tensor:

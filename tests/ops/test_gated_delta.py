@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ from hylo_model.ops.gated_delta import (
     naive_gated_delta_rule,
     recurrent_gated_delta_rule,
 )
+from tests.helpers import fla_reference
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -205,22 +204,9 @@ def test_public_entry_dispatch_and_dtypes(monkeypatch):
         assert rel_err(o_bf16, o_ref) < 1e-2
 
 
-def _load_fla_naive():
-    """fla's reference module, loaded by file path: importing ``fla.ops`` normally needs triton."""
-    spec = importlib.util.find_spec("fla")
-    if spec is None or spec.origin is None:
-        pytest.skip("fla-core is not installed")
-    path = Path(spec.origin).parent / "ops" / "gated_delta_rule" / "naive.py"
-    module_spec = importlib.util.spec_from_file_location("fla_gated_delta_rule_naive", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("with_state", [False, True], ids=["h0-none", "h0"])
 def test_matches_fla_naive_recurrent(with_state):
-    pytest.importorskip("einops")  # fla's naive.py imports it
-    fla_naive = _load_fla_naive().naive_recurrent_gated_delta_rule
+    fla_naive = fla_reference("gated_delta_rule").naive_recurrent_gated_delta_rule
     B, T, H, HV, K, V = 2, 37, 2, 4, 16, 8
     q, k, v, g, beta, h0 = (None if x is None else x.detach()
                             for x in make_inputs(B, T, H, HV, K, V, with_state=with_state))
@@ -277,7 +263,6 @@ def _check_errors(label, errors):
 @CUDA_CASES
 def test_fla_chunk_forward_matches_torch_on_cuda(T, H, HV):
     """fla's chunk kernel on bf16 inputs vs the PyTorch chunked form in float32 on the same (upcast) values."""
-    pytest.importorskip("fla.ops.gated_delta_rule")
     inputs = [x.detach() for x in _cuda_inputs(T, H, HV)]
     with torch.no_grad():
         with backend.force_backend("fast"):
@@ -294,7 +279,6 @@ def test_fla_chunk_forward_matches_torch_on_cuda(T, H, HV):
 @CUDA_CASES
 def test_fla_chunk_backward_matches_torch_on_cuda(T, H, HV):
     """Gradients of fla's chunk kernel (bf16) vs autograd through the PyTorch chunked form (float32)."""
-    pytest.importorskip("fla.ops.gated_delta_rule")
     from hylo_model.ops.gated_delta import fla_chunk_backward_supported
 
     inputs = _cuda_inputs(T, H, HV)
@@ -319,7 +303,6 @@ def test_fla_chunk_backward_matches_torch_on_cuda(T, H, HV):
 @requires_cuda
 def test_fla_fused_recurrent_decode_matches_torch_on_cuda():
     """One decode token with a carried state: fla's fused_recurrent kernel vs the PyTorch recurrent form."""
-    pytest.importorskip("fla.ops.gated_delta_rule")
     inputs = [x.detach() for x in _cuda_inputs(1, 8, 16, B=2)]
     with torch.no_grad():
         with backend.force_backend("fast"):

@@ -3,10 +3,8 @@ transformers' Mamba2 and fla's simple-GLA references, and (on CUDA) the fast ker
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from hylo_model.ops import backend
 from hylo_model.ops.conv import causal_conv1d
 from hylo_model.ops.ssd import naive_ssd, ssd, ssd_chunked, ssd_recurrent
 from hylo_model.ops.ssd.fast import chunk_backward_blocked, simple_gla_inputs, ssd_fla
+from tests.helpers import fla_reference
 
 
 def make_inputs(bsz, seqlen, nheads, headdim, dstate, gb, gc, *, init, seed=0, device="cpu", dtype=torch.float32):
@@ -230,22 +229,10 @@ def test_conv_and_ssd_reproduce_transformers_mamba2_mixer():
     assert_close(actual, expected, name="mixer output")
 
 
-def fla_simple_gla_naive():
-    """fla's pure-torch simple-GLA references, loaded from their file: importing `fla.ops` needs triton."""
-    spec = importlib.util.find_spec("fla")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("fla-core is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "ops" / "simple_gla" / "naive.py"
-    module_spec = importlib.util.spec_from_file_location("fla_simple_gla_naive", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("init", [False, True], ids=["zero-state", "init-state"])
 def test_simple_gla_mapping_with_fla_references(init):
     """The q=C, k=B, v=dt*x, g=dt*A, scale=1 mapping (and the state transpose) the fla fast path relies on."""
-    naive = fla_simple_gla_naive()
+    naive = fla_reference("simple_gla")
     inputs = make_inputs(2, 37, 4, 8, 16, 2, 4, init=init, seed=17)
     y_ref, s_ref = naive_ssd(**inputs, output_final_state=True)
     q, k, v, g, h0 = simple_gla_inputs(*(inputs[k] for k in ("x", "dt", "A", "B", "C", "initial_state")))
@@ -264,8 +251,8 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 
 def require_fla():
-    if not backend.has_module("fla.ops.simple_gla"):
-        pytest.skip("fla.ops.simple_gla does not import (pip install 'hylo-search[gpu]')")
+    # The GPU tests check the fast path itself: without it they must fail, not pass by skipping.
+    assert backend.has_module("fla.ops.simple_gla"), "fla.ops.simple_gla does not import (pip install 'hylo-search[gpu]')"
 
 
 GPU_CASES = [(4096, 8, 16), (1000, 8, 16), (1000, 8, 8)]

@@ -80,7 +80,6 @@ def test_probe_works_for_a_plain_transformers_teacher(tmp_path):
 
 
 def test_eval_short_suite_says_which_datasets_are_missing(model_dir, tmp_path, capsys, monkeypatch):
-    pytest.importorskip("lm_eval")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
     assert main(["eval", str(model_dir), "--suite", "short", "--device", "cpu"]) == 1
     out = capsys.readouterr().out
@@ -92,7 +91,6 @@ def test_eval_short_suite_says_which_datasets_are_missing(model_dir, tmp_path, c
 
 
 def test_eval_long_suite_runs_probe_tasks_per_length(model_dir, tmp_path, capsys):
-    pytest.importorskip("lm_eval")
     out_file = tmp_path / "long.json"
     assert main(["eval", str(model_dir), "--suite", "long", "--probe-tasks", "niah_single_1", "--lengths",
                  "512,640", "--samples", "1", "--device", "cpu", "--out", str(out_file)]) == 0

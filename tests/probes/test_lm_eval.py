@@ -14,7 +14,6 @@ import pytest
 from tests.helpers import tiny_model
 from tests.probes.helpers import probe_tokenizer
 
-pytest.importorskip("lm_eval")
 
 MC_TASK = """task: tiny_local_mc
 dataset_path: json
