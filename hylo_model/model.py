@@ -21,6 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .cache import HyLoCache, cache_bytes
 from .config import HyLoConfig
 from .layers import MIXER_CLASSES, GatedDeltaNet, Mamba2
+from .layers.mla import mla_rope_frequencies
 from .layers.common import AttentionMask, RMSNorm, RopeFrequencies, decay_init, rope_frequencies
 
 
@@ -87,6 +88,24 @@ class HyLoModel(HyLoPreTrainedModel):
         self.rope = RopeFrequencies(*rope_frequencies(config))
         self.gradient_checkpointing = False
         self.post_init()
+
+    def mixer_forward(self, layer_idx: int, hidden_states: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer ``layer_idx``'s mixer on ``hidden_states`` ``[B, T, hidden]`` entering that layer (positions
+        0..T-1, no cache): ``mixer(input_layernorm(h))``, what layer-wise alignment compares with the teacher."""
+        layer = self.layers[layer_idx]
+        positions = torch.arange(hidden_states.shape[1], device=hidden_states.device)[None]
+        return layer.mixer(layer.input_layernorm(hidden_states),
+                           position_embeddings=self.rope.cos_sin(positions, hidden_states.dtype),
+                           position_ids=positions, attention_mask=AttentionMask(attention_mask), cache=None)
+
+    def refresh_rope(self) -> None:
+        """Re-derive every RoPE table (attention's and each MLA layer's) from ``config.rope_parameters``, after a
+        long-context stage changed them in place."""
+        self.rope = RopeFrequencies(*rope_frequencies(self.config))
+        for index, layer in enumerate(self.layers):
+            if layer.mixer_type == "mla":
+                layer.mixer.rope = mla_rope_frequencies(self.config, index)
 
     def forward(
         self,

@@ -348,8 +348,7 @@ class CostModel:
         from hylo_model import HyLoForCausalLM
 
         self.dtype = self.dtype or torch.bfloat16
-        # Parameters on the meta device (accelerate's context, not torch.device("meta"): RoPE tables are computed
-        # at construction and must stay real tensors, which llama3 scaling cannot do under a meta default device).
+        # Parameters on the meta device: counting them allocates nothing, even for a 3B teacher.
         with init_empty_weights():
             one = HyLoForCausalLM(self._config("A", 1))
         total = sum(p.numel() for p in one.parameters())

@@ -27,6 +27,16 @@ from .common import AttentionMask, RMSNorm, RopeFrequencies, apply_rope, rope_fr
 ABSORB_MAX_TOKENS = 16
 
 
+def mla_rope_frequencies(config: HyLoConfig, layer_idx: int) -> RopeFrequencies:
+    """The RoPE frequencies of MLA layer ``layer_idx``: the chosen pairs of the model's own frequencies, or a fresh
+    grid over ``qk_rope_head_dim`` dims (DeepSeek)."""
+    pairs = config.layer_rope_pairs(layer_idx)
+    if pairs is None:
+        return RopeFrequencies(*rope_frequencies(config, config.qk_rope_head_dim))
+    full, scaling = rope_frequencies(config)
+    return RopeFrequencies(full[torch.tensor(pairs, device="cpu")], scaling)
+
+
 class MultiHeadLatentAttention(nn.Module):
     def __init__(self, config: HyLoConfig, layer_idx: int) -> None:
         super().__init__()
@@ -60,13 +70,7 @@ class MultiHeadLatentAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-        pairs = config.layer_rope_pairs(layer_idx)
-        if pairs is None:
-            inv_freq, scaling = rope_frequencies(config, self.rope_dim)
-        else:
-            full, scaling = rope_frequencies(config)
-            inv_freq = full[torch.tensor(pairs, device="cpu")]
-        self.rope = RopeFrequencies(inv_freq, scaling)
+        self.rope = mla_rope_frequencies(config, layer_idx)
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
         if self.q_lora_rank is None:

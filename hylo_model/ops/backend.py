@@ -70,3 +70,23 @@ def use_fast(op: str, tensor: torch.Tensor, module: str) -> bool:
             stacklevel=3,
         )
     return False
+
+
+@functools.cache
+def fla_gated_backward_broken(device: torch.device) -> bool:
+    """Whether fla's gated chunk backward (``chunk_bwd_dqkwg``, used by GDN and simple GLA) refuses to run on
+    ``device``: fla 0.6 raises on Hopper with 3.4.0 <= triton < 3.7.1, which computes wrong gradients there
+    (fla issue #640). Mirrors fla's own check."""
+    import triton
+    from packaging.version import Version
+
+    hopper = torch.cuda.get_device_capability(device)[0] == 9
+    return hopper and Version("3.4.0") <= Version(triton.__version__) < Version("3.7.1")
+
+
+def backward_fallback(op: str, reason: str) -> None:
+    """The fast path cannot give gradients here: raise if it was forced, else warn that autograd runs on the
+    PyTorch path (Python's default warning filter shows it once per call site)."""
+    if current() == "fast":
+        raise RuntimeError(f"{op}: {reason}")
+    warnings.warn(f"{op}: {reason}; gradients run on the PyTorch chunked path (slower)", RuntimeWarning, stacklevel=3)

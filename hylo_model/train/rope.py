@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..layers.common import RopeFrequencies, rope_frequencies
+from ..layers.common import rope_frequencies
 
 
 def _normalised(rope_parameters: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
@@ -40,15 +40,6 @@ def check_rope_parameters(config: Any, rope_parameters: dict[str, Any],
     return trial.rope_parameters
 
 
-def mla_rope(config: Any, layer_idx: int, rope_dim: int) -> RopeFrequencies:
-    """The frequencies an MLA layer uses (as :class:`~hylo_model.layers.mla.MultiHeadLatentAttention` builds them)."""
-    pairs = config.layer_rope_pairs(layer_idx)
-    if pairs is None:
-        return RopeFrequencies(*rope_frequencies(config, rope_dim))
-    full, scaling = rope_frequencies(config)
-    return RopeFrequencies(full[torch.tensor(pairs, device="cpu")], scaling)
-
-
 def set_rope_parameters(model: Any, rope_parameters: dict[str, Any],
                         max_position_embeddings: int | None = None) -> None:
     """Give a :class:`~hylo_model.HyLoForCausalLM` new RoPE parameters (e.g. ``{"rope_type": "yarn", "factor":
@@ -58,11 +49,7 @@ def set_rope_parameters(model: Any, rope_parameters: dict[str, Any],
     config.rope_parameters = check_rope_parameters(config, rope_parameters, max_position_embeddings)
     if max_position_embeddings is not None:
         config.max_position_embeddings = max(int(max_position_embeddings), config.max_position_embeddings)
-    base = model.model if hasattr(model, "model") else model
-    base.rope = RopeFrequencies(*rope_frequencies(config))
-    for index, layer in enumerate(base.layers):
-        if layer.mixer_type == "mla":
-            layer.mixer.rope = mla_rope(config, index, layer.mixer.rope_dim)
+    (model.model if hasattr(model, "model") else model).refresh_rope()
 
 
 def set_teacher_rope(teacher: Any, rope_parameters: dict[str, Any],
@@ -102,4 +89,4 @@ def _rebuild_rotary(teacher: Any) -> None:
     teacher.model.rotary_emb = fresh.to(device)
 
 
-__all__ = ["check_rope_parameters", "mla_rope", "restore_teacher_rope", "set_rope_parameters", "set_teacher_rope"]
+__all__ = ["check_rope_parameters", "restore_teacher_rope", "set_rope_parameters", "set_teacher_rope"]

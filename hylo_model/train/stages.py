@@ -1,9 +1,9 @@
 """What one optimizer step computes in each stage kind, and held-out evaluation.
 
 * :func:`parameter_groups` sorts every student parameter into exactly one named group (see recipe.py).
-* :func:`teacher_pass` runs the frozen teacher once under no_grad and returns what the stage needs: the final
-  (normed) hidden state, and per layer the input hidden state, the attention output and the block output, captured
-  with hooks as :func:`hylo_model.upcycle.layer_reconstruction` does.
+* :func:`~hylo_model.upcycle.capture.teacher_pass` (shared with the upcycling gates) runs the frozen teacher once
+  under no_grad and returns what the stage needs: the final (normed) hidden state, and per layer the input hidden
+  state, the attention output and the block output.
 * :class:`AlignObjective` / :class:`DistillObjective` are ``nn.Module``s holding the student, so that accelerate /
   DDP wrap them and synchronise gradients whatever the stage computes. They return sums over tokens weighted by
   the caller's row weights, which carry the global normaliser (so two processes equal one, see trainer.py).
@@ -12,13 +12,12 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..layers.common import AttentionMask
+from ..upcycle.capture import TeacherOutputs, teacher_pass
 from .losses import distill_loss, token_loss
 from .recipe import GROUPS
 
@@ -56,54 +55,6 @@ def converted_layers(student: nn.Module) -> list[int]:
     return [i for i, layer in enumerate(student.model.layers) if layer.mixer_type != "attention"]
 
 
-def _decoder_layers(teacher: nn.Module) -> nn.ModuleList:
-    return teacher.model.layers
-
-
-def _attention_of(layer: nn.Module) -> nn.Module:
-    return layer.self_attn if hasattr(layer, "self_attn") else layer.mixer
-
-
-@dataclass
-class TeacherOutputs:
-    """``last_hidden`` ``[B, T, H]`` (after the final norm); per captured layer i: ``inputs[i]`` (the hidden state
-    entering layer i), ``attention[i]`` (its attention output), ``blocks[i]`` (the layer's output)."""
-
-    last_hidden: torch.Tensor | None
-    inputs: dict[int, torch.Tensor] = field(default_factory=dict)
-    attention: dict[int, torch.Tensor] = field(default_factory=dict)
-    blocks: dict[int, torch.Tensor] = field(default_factory=dict)
-
-
-@torch.no_grad()
-def teacher_pass(teacher: nn.Module, input_ids: torch.Tensor, layers: list[int] = (), *,
-                 attention: bool = False, blocks: bool = False, all_blocks: bool = False) -> TeacherOutputs:
-    """One no_grad forward of the teacher (transformers Llama/Qwen, or a HyLo model) on ``input_ids`` ``[B, T]``."""
-    out = TeacherOutputs(None)
-    hooks = []
-    decoder = _decoder_layers(teacher)
-    wanted = range(len(decoder)) if all_blocks else layers
-    for i in wanted:
-        layer = decoder[i]
-        if i in layers:
-            hooks.append(layer.register_forward_pre_hook(
-                lambda _m, args, kwargs, i=i: out.inputs.__setitem__(i, (args[0] if args else kwargs["hidden_states"])),
-                with_kwargs=True))
-            if attention:
-                hooks.append(_attention_of(layer).register_forward_hook(
-                    lambda _m, _a, res, i=i: out.attention.__setitem__(i, res[0] if isinstance(res, tuple) else res)))
-        if blocks or all_blocks:
-            hooks.append(layer.register_forward_hook(
-                lambda _m, _a, res, i=i: out.blocks.__setitem__(i, res[0] if isinstance(res, tuple) else res)))
-    try:
-        result = teacher.model(input_ids=input_ids, use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    out.last_hidden = result.last_hidden_state
-    return out
-
-
 def teacher_head(teacher: nn.Module) -> torch.Tensor:
     """The teacher's LM head matrix ``[V, H]``."""
     return teacher.get_output_embeddings().weight
@@ -125,15 +76,11 @@ class AlignObjective(nn.Module):
         the layer; ``attention`` / ``blocks`` the teacher's attention / block outputs (only those the target
         needs). row_weights ``[B, T]``. Returns the total and the per-layer weighted sums ``[L]``."""
         base = self.student.model
-        seq_len = inputs[0].shape[1]
-        positions = torch.arange(seq_len, device=inputs[0].device)[None]
-        mask = AttentionMask(None)
         per_layer = []
         for slot, index in enumerate(self.layers):
             layer = base.layers[index]
             hidden = inputs[slot].to(layer.input_layernorm.weight.dtype)
-            mixed = layer.mixer(layer.input_layernorm(hidden), position_embeddings=base.rope.cos_sin(
-                positions, hidden.dtype), position_ids=positions, attention_mask=mask, cache=None)
+            mixed = base.mixer_forward(index, hidden)
             term = hidden.new_zeros(hidden.shape[:2], dtype=torch.float32)
             if self.target in ("mixer", "both"):
                 term = term + token_loss(mixed, attention[slot], self.loss)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from ..layers.common import AttentionMask
 from ..model import HyLoForCausalLM
+from .capture import teacher_pass
 
 
 @dataclass
@@ -64,35 +64,22 @@ def layer_reconstruction(
 ) -> list[LayerReport]:
     """Feed every student mixer the teacher's own input hidden state of that layer and compare its output with
     the teacher attention's output (the first, free sensitivity signal for the search)."""
-    captured: dict[int, torch.Tensor] = {}
-    hooks = [
-        layer.self_attn.register_forward_hook(
-            lambda _m, _a, out, i=i: captured.__setitem__(i, (out[0] if isinstance(out, tuple) else out).detach())
-        )
-        for i, layer in enumerate(teacher.model.layers)
-    ]
-    try:
-        out = teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
     device = next(student.parameters()).device
-    mask = AttentionMask(attention_mask.to(device) if attention_mask is not None else None)
-    positions = torch.arange(input_ids.shape[1], device=device)[None]
+    mask = attention_mask.to(device) if attention_mask is not None else None
+    layers = range(len(student.model.layers))
+    out = teacher_pass(teacher, input_ids, list(layers), attention=True, attention_mask=attention_mask)
     reports = []
-    for i, layer in enumerate(student.model.layers):
-        hidden = out.hidden_states[i].to(device, next(layer.parameters()).dtype)
-        cos_sin = student.model.rope.cos_sin(positions, hidden.dtype)
-        got = layer.mixer(layer.input_layernorm(hidden), position_embeddings=cos_sin, position_ids=positions,
-                          attention_mask=mask, cache=None).float()
-        want = captured[i].to(device).float()
-        if attention_mask is not None:
-            keep = attention_mask.to(device).bool()
+    for i in layers:
+        hidden = out.inputs[i].to(device, student.model.layers[i].input_layernorm.weight.dtype)
+        got = student.model.mixer_forward(i, hidden, mask).float()
+        want = out.attention[i].to(device).float()
+        if mask is not None:
+            keep = mask.bool()
             got, want = got[keep], want[keep]
         error = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
         cosine = torch.nn.functional.cosine_similarity(got.reshape(-1, got.shape[-1]),
                                                        want.reshape(-1, want.shape[-1]), dim=-1).mean().item()
-        reports.append(LayerReport(i, layer.mixer_type, error, cosine, bool(torch.isfinite(got).all())))
+        reports.append(LayerReport(i, student.model.layers[i].mixer_type, error, cosine, bool(torch.isfinite(got).all())))
     return reports
 
 

@@ -31,26 +31,24 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from hylo_model import Layout, sanity_check, save_upcycled, upcycle
+    from hylo_model.train.trainer import load_teacher
 
     from ..errors import UsageError
     from ..layout_files import read_layout
 
+    dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
         layout = read_layout(args.layout) if Path(args.layout).is_file() else Layout.parse(args.layout)
+        # The gates need the teacher model; without them upcycle streams its tensors from the safetensors files.
+        teacher = args.teacher if args.no_check else load_teacher(args.teacher, dtype)[0].to(args.device or "cpu")
         student = upcycle(
-            args.teacher, layout, seed=args.seed, device=args.device,
-            dtype=getattr(torch, args.dtype) if args.dtype else None,
+            teacher, layout, seed=args.seed, device=args.device, dtype=dtype,
             kv_lora_rank=args.kv_lora_rank, qk_rope_head_dim=args.qk_rope_head_dim,
             mla_rope_heads=args.mla_rope_heads, rope_pairs=args.rope_pairs,
         )
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, OSError) as error:
         raise UsageError(str(error)) from None
     if not args.no_check:
-        from transformers import AutoModelForCausalLM
-
-        teacher = AutoModelForCausalLM.from_pretrained(
-            args.teacher, dtype=student.dtype, trust_remote_code=False, use_safetensors=True
-        ).to(student.device)
         report = sanity_check(student, teacher)
         print(report.table())
         if not report.ok:

@@ -270,7 +270,7 @@ def test_fast_matches_torch_bf16(seqlen, gb, gc, path):
     """Training: fast path (``auto`` dispatch on CUDA, or fla's ``chunk_simple_gla`` directly) against the float32
     torch path on the same bf16 values, forward and every gradient."""
     require_fla()
-    blocked = chunk_backward_blocked()
+    blocked = chunk_backward_blocked(torch.device("cuda"))
     if path == "fla" and blocked:
         pytest.skip("fla blocks chunk_simple_gla's backward on Hopper with Triton < 3.7.1 (fla issue #640)")
     inputs = make_inputs(1, seqlen, 16, 128, 128, gb, gc, init=True, seed=21, device="cuda", dtype=torch.bfloat16)

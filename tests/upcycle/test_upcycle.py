@@ -211,3 +211,23 @@ def test_bad_layouts_and_ranks_are_named(teacher):
             teacher.config.save_pretrained(empty)
             upcycle(Path(empty), "A,A,A,A")
     assert str(Layout.parse("A,L8*2,G")) == "A,L8,L8,G"
+
+
+def test_upcycle_command(tmp_path, capsys):
+    from hylo_search.cli import main
+
+    teacher = tiny_teacher("qwen2")
+    teacher.save_pretrained(tmp_path / "teacher")
+    out = tmp_path / "student"
+    assert main(["upcycle", str(tmp_path / "teacher"), "--layout", "A,L16,M,G", "--qk-rope-head-dim", "8",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "all-attention parity" in printed and "mamba2" in printed
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        want = upcycle(teacher, "A,L16,M,G", qk_rope_head_dim=8)(IDS, use_cache=False).logits
+        assert torch.equal(loaded(IDS, use_cache=False).logits, want)
+
+    assert main(["upcycle", str(tmp_path / "teacher"), "--layout", "A,X,M,G", "--out", str(tmp_path / "bad")]) == 2
+    assert "layer 1: unknown mixer 'X'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -5,8 +5,6 @@ See README.md in this folder for the math and the kernel choice.
 
 from __future__ import annotations
 
-import functools
-import warnings
 
 import torch
 from torch import Tensor
@@ -36,17 +34,10 @@ FLA_RECURRENT_MAX_T = 64
 TORCH_RECURRENT_MAX_T = 16
 
 
-@functools.cache
 def fla_chunk_backward_supported(device: torch.device) -> bool:
-    """Whether fla's chunk backward runs on ``device``. fla 0.6 raises in the backward of the gated chunk kernel
-    (``chunk_bwd_dqkwg``) on Hopper with ``3.4.0 <= triton < 3.7.1``, which computes wrong gradients there
-    (fla issue #640), unless tilelang is installed to replace that kernel. Mirrors fla's own check."""
-    import triton
-    from packaging.version import Version
-
-    hopper = torch.cuda.get_device_capability(device)[0] == 9
-    broken_triton = Version("3.4.0") <= Version(triton.__version__) < Version("3.7.1")
-    return not (hopper and broken_triton) or backend.has_module("tilelang")
+    """Whether fla's chunk backward runs on ``device`` (see :func:`backend.fla_gated_backward_broken`); tilelang,
+    when installed, replaces the broken kernel for the gated delta rule."""
+    return not backend.fla_gated_backward_broken(device) or backend.has_module("tilelang")
 
 
 def _use_fla(q: Tensor, needs_grad: bool) -> bool:
@@ -54,11 +45,8 @@ def _use_fla(q: Tensor, needs_grad: bool) -> bool:
         return False
     if not needs_grad or fla_chunk_backward_supported(q.device):
         return True
-    message = ("gated_delta_rule: fla's chunk backward cannot run on this GPU with this triton (Hopper needs "
-               "triton >= 3.7.1 or `pip install tilelang`, fla issue #640)")
-    if backend.current() == "fast":
-        raise RuntimeError(message)
-    warnings.warn(message + "; training runs the PyTorch chunked path (slow)", RuntimeWarning, stacklevel=3)
+    backend.backward_fallback("gated_delta_rule", "fla's chunk backward cannot run on this GPU with this triton "
+                              "(Hopper needs triton >= 3.7.1 or `pip install tilelang`, fla issue #640)")
     return False
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import torch
 
@@ -61,15 +60,10 @@ def ssd(
     if backend.use_fast("ssd", x, "fla.ops.simple_gla"):
         if not short and B.shape[2] == C.shape[2] and backend.has_module("mamba_ssm.ops.triton.ssd_combined"):
             return ssd_mamba(x, dt, A, B, C, chunk_size=chunk_size, **kwargs)
-        if not (needs_grad and chunk_backward_blocked()):
+        if not (needs_grad and chunk_backward_blocked(x.device)):
             return ssd_fla(x, dt, A, B, C, recurrent=short, **kwargs)
-        message = (
-            "ssd: fla's chunk_simple_gla backward is disabled on Hopper with Triton < 3.7.1 (fla issue #640), "
-            "so gradients need the PyTorch SSD (about 3x slower). Upgrade Triton to >= 3.7.1 or install mamba-ssm."
-        )
-        if backend.current() == "fast":
-            raise RuntimeError(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        backend.backward_fallback("ssd", "fla's chunk_simple_gla backward is disabled on Hopper with Triton < 3.7.1 "
+                                  "(fla issue #640); upgrade Triton to >= 3.7.1 or install mamba-ssm")
     if short:
         return ssd_recurrent(x, dt, A, B, C, **kwargs)
     return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, **kwargs)

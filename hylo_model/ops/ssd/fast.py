@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import torch
 
+from .. import backend
+
 from .chunk import expand_groups
 
 
-def chunk_backward_blocked() -> bool:
-    """Whether fla's ``chunk_simple_gla`` backward would raise here (fla's own check for issue #640)."""
-    import fla.utils
-
-    return bool(
-        getattr(fla.utils, "IS_NVIDIA_HOPPER", False)
-        and getattr(fla.utils, "TRITON_ABOVE_3_4_0", False)
-        and not getattr(fla.utils, "TRITON_ABOVE_3_7_1", True)
-    )
+def chunk_backward_blocked(device: torch.device) -> bool:
+    """Whether fla's ``chunk_simple_gla`` backward would raise on ``device`` (fla issue #640; tilelang does not
+    replace the kernel for simple GLA)."""
+    return backend.fla_gated_backward_broken(device)
 
 
 def simple_gla_inputs(
