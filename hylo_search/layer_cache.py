@@ -42,13 +42,10 @@ CODE_VERSION = _code_version()
 
 @torch.no_grad()
 def teacher_fingerprint(model: Any) -> str:
-    """sha256 over the config and, per tensor, its name, shape, dtype, sum and absolute sum."""
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().float()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode())
-        digest.update(torch.stack([flat.sum(), flat.abs().sum()]).double().cpu().numpy().tobytes())
-    return digest.hexdigest()
+    """The teacher's identity, as upcycling records it in a student's provenance."""
+    from hylo_model.upcycle import TeacherSource
+
+    return TeacherSource.from_any(model).fingerprint()
 
 
 class LayerCache:

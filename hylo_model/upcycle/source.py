@@ -65,7 +65,7 @@ class TeacherSource:
         self.directory = directory
         self.model = model
         self._tensors = tensors  # name -> tensor, or name -> safetensors file path
-        self._hash = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+        self._digests: dict[str, bytes] = {}
 
     @classmethod
     def from_any(cls, teacher: PreTrainedModel | str | os.PathLike) -> TeacherSource:
@@ -112,14 +112,25 @@ class TeacherSource:
             with safe_open(value, "pt") as handle:
                 value = handle.get_tensor(name)
         tensor = value.detach()
-        flat = tensor.float()
-        self._hash.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode())
-        self._hash.update(torch.stack([flat.sum(), flat.abs().sum()]).double().cpu().numpy().tobytes())
+        if name not in self._digests:
+            flat = tensor.float()
+            self._digests[name] = f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode() + torch.stack(
+                [flat.sum(), flat.abs().sum()]).double().cpu().numpy().tobytes()
         return tensor
 
     def fingerprint(self) -> str:
-        """sha256 over the config and a (sum, abs-sum) digest of every tensor read so far."""
-        return self._hash.hexdigest()
+        """The teacher's identity: sha256 over its config and, per tensor in name order, its shape, dtype, sum and
+        absolute sum. Independent of where it was loaded from and of the order tensors were read (the ones not
+        read yet are read now); a tied LM head is the embedding and is left out."""
+        skip = {"lm_head.weight"} if getattr(self.config, "tie_word_embeddings", False) else set()
+        for name in self._tensors.keys() - self._digests.keys() - skip:
+            self.get(name)
+        config = {k: v for k, v in self.config.to_dict().items()
+                  if not k.startswith("_") and k not in ("transformers_version", "dtype", "torch_dtype")}
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+        for name in sorted(self._digests.keys() - skip):
+            digest.update(self._digests[name])
+        return digest.hexdigest()
 
     @property
     def dtype(self) -> torch.dtype:

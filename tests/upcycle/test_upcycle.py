@@ -231,3 +231,13 @@ def test_upcycle_command(tmp_path, capsys):
     assert main(["upcycle", str(tmp_path / "teacher"), "--layout", "A,X,M,G", "--out", str(tmp_path / "bad")]) == 2
     assert "layer 1: unknown mixer 'X'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_teacher_fingerprint_is_the_teachers_alone(tmp_path):
+    teacher = tiny_teacher("qwen3")
+    teacher.save_pretrained(tmp_path / "t")
+    a = upcycle(teacher, "A,L16,M,G", qk_rope_head_dim=8).config.hylo_provenance["teacher_fingerprint"]
+    b = upcycle(str(tmp_path / "t"), "G,G,A,A").config.hylo_provenance["teacher_fingerprint"]
+    assert a == b
+    other = tiny_teacher("qwen3", seed=1)
+    assert upcycle(other, "A,A,A,A").config.hylo_provenance["teacher_fingerprint"] != a
