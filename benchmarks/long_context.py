@@ -100,8 +100,9 @@ def run_teacher(model, length: int, device: str, decode_tokens: int, decode: boo
         t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
     )
     if decode:
-        row["decode_tok_s"] = _decode(lambda t, c: model(t, cache=c, use_cache=True), cache, out.logits,
+        row["decode_tok_s"] = _decode(lambda t, c: model(t, past_key_values=c, use_cache=True), cache, out.logits,
                                       decode_tokens, device)
+        row["decode_bytes"] = _weight_bytes(model) + row["cache_bytes"]
     return row
 
 
@@ -119,7 +120,39 @@ def run_hylo(model, length: int, device: str, segment: int, decode_tokens: int, 
     if decode:
         row["decode_tok_s"] = _decode(lambda t, c: model(t, cache=c, use_cache=True), cache, out.logits,
                                       decode_tokens, device)
+        row["decode_bytes"] = _weight_bytes(model) + row["cache_bytes"]
     return row
+
+
+def _weight_bytes(model) -> int:
+    """Bytes a decode step must read at least once: every parameter (the tied embedding counted once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def hbm_bandwidth(device: str) -> float:
+    """Measured device-memory bandwidth in bytes/s: a 2 GiB device-to-device copy (read + write), best of 10."""
+    if not device.startswith("cuda"):
+        return float("nan")
+    src = torch.empty(2**30, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(12):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * 2**31 / best
+
+
+def warm_up(fn) -> None:
+    """One short untimed run per model: Triton autotuning and cuBLAS heuristics happen here, not in a row."""
+    fn()
+    gc.collect()
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
 
 def _decode(step, cache, logits, tokens: int, device: str) -> float:
@@ -159,6 +192,11 @@ def main() -> None:
     decode_at = {parse_tokens(x) for x in args.decode_at.split(",") if x}
     segment = parse_tokens(args.segment)
     device = args.device
+    if device.startswith("cuda"):
+        # The teacher's transformers SDPA gets what hylo_model's sdpa does for short queries (no cuDNN backend, whose
+        # per-shape graph build costs milliseconds of host time per decode step); prefill is unaffected.
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    bandwidth = hbm_bandwidth(device)
     results = []
 
     def record(name: str, length: int, fn) -> None:
@@ -174,6 +212,7 @@ def main() -> None:
 
     if not args.no_teacher:
         teacher = teacher_model(shape, device)
+        warm_up(lambda: run_teacher(teacher, 4096, device, 4, True))
         for length in lengths:
             record(f"teacher ({shape['family']})", length,
                    lambda: run_teacher(teacher, length, device, args.decode_tokens, length in decode_at))
@@ -183,6 +222,7 @@ def main() -> None:
     for index, code in enumerate(layouts):
         model = hylo_model_for(shape, code, device)
         name = _describe(code)
+        warm_up(lambda: run_hylo(model, min(2 * segment, 65536), device, segment, 4, True))
         for length in first_lengths if index == 0 else lengths:
             record(name, length, lambda: run_hylo(model, length, device, segment, args.decode_tokens,
                                                   length in decode_at))
@@ -190,9 +230,9 @@ def main() -> None:
                 break
         del model
 
-    print(_table(results, device))
+    print(_table(results, device, bandwidth))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        Path(args.out).write_text(json.dumps({"bandwidth_bytes_s": bandwidth, "rows": results}, indent=1))
 
 
 def _describe(code: str) -> str:
@@ -200,18 +240,25 @@ def _describe(code: str) -> str:
     return " + ".join(f"{n} {m}" for m, n in counts.items() if n)
 
 
-def _table(rows: list[dict], device: str) -> str:
+def _table(rows: list[dict], device: str, bandwidth: float) -> str:
+    """Markdown rows; the roofline column is the decode step's floor (weights + cache bytes / measured bandwidth)
+    over the measured step time: 100 % would be a step bound only by reading its bytes once."""
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-    lines = [f"card: {name}", "", "| model | tokens | prefill s | prefill tok/s | peak GiB | cache MiB (measured / "
-             "predicted) | decode tok/s |", "|---|---|---|---|---|---|---|"]
+    lines = [f"card: {name}; measured copy bandwidth {bandwidth / 1e9:,.0f} GB/s", "",
+             "| model | tokens | prefill s | prefill tok/s | peak GiB | cache MiB (measured / predicted) | "
+             "decode tok/s | decode ms (roofline ms, %) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("oom"):
-            lines.append(f"| {r['model']} | {r['tokens']:,} | OOM | | | | |")
+            lines.append(f"| {r['model']} | {r['tokens']:,} | OOM | | | | | |")
             continue
+        roof = ""
+        if "decode_tok_s" in r:
+            step, floor = 1e3 / r["decode_tok_s"], 1e3 * r["decode_bytes"] / bandwidth
+            roof = f"{step:.1f} ({floor:.1f}, {100 * floor / step:.0f} %)"
         predicted = r.get("cache_bytes_predicted")
         cache = f"{r['cache_bytes'] / 2**20:,.1f}" + (f" / {predicted / 2**20:,.1f}" if predicted else "")
         lines.append(f"| {r['model']} | {r['tokens']:,} | {r['prefill_s']:.2f} | {r['tokens'] / r['prefill_s']:,.0f} "
-                     f"| {r['peak_gib']:.1f} | {cache} | {r.get('decode_tok_s', float('nan')):.1f} |")
+                     f"| {r['peak_gib']:.1f} | {cache} | {r.get('decode_tok_s', float('nan')):.1f} | {roof} |")
     return "\n".join(lines)
 
 

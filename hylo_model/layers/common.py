@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -9,8 +10,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from ..ops import backend
+from ..ops.attention import BLOCK_SIZE, causal_mask, chunked_attention
 
 
 def decay_init(heads: int, low: float, *, like: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,45 +147,75 @@ class AttentionMask:
         * None — no padding, and plain causal is right (q_len == kv_len) or nothing is masked (q_len == 1);
         * a lower-right :class:`CausalBias` — no padding, a cached multi-token step or a prefill segment; the
           flash / memory-efficient kernels apply it without materialising a ``[q_len, kv_len]`` mask, so a
-          segment of a million-token prompt costs memory in the segment, not the prompt;
-        * a bool mask ``[B, 1, q_len, kv_len]`` — padded batches.
+          segment of a million-token prompt costs memory in the segment, not the prompt (on CUDA; off CUDA
+          :func:`sdpa` takes the key-blocked path for these steps instead);
+        * a bool mask ``[B, 1, q_len, kv_len]`` — padded batches (:func:`~hylo_model.ops.attention.causal_mask`).
         """
         if self.padding is None:
             if q_len == kv_len or q_len == 1:
                 return None
             return causal_lower_right(q_len, kv_len)
-        rows = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
-        mask = (torch.arange(kv_len, device=device)[None, :] <= rows)[None, None]
-        keys = self.padding[:, -kv_len:].bool().to(device)
-        mask = mask & keys[:, None, None, :]
-        # A padded query row would see no key at all and SDPA would return NaN; let it see every key
-        # (its output is ignored downstream, but must stay finite).
-        queries = keys[:, -q_len:]
-        return mask | ~queries[:, None, :, None]
+        return causal_mask(self.keys(kv_len), kv_len - q_len, kv_len, 0, kv_len, device)[:, None]
+
+    def keys(self, kv_len: int) -> torch.Tensor | None:
+        """``[B, kv_len]`` padding of the keys (1 = real token), or None when nothing is padded."""
+        return None if self.padding is None else self.padding[:, -kv_len:]
+
+
+def attends_in_blocks(q: torch.Tensor, kv_len: int) -> bool:
+    """Whether :func:`sdpa` takes the key-blocked PyTorch path for queries ``q`` ``[B, H, T, D]`` against
+    ``kv_len`` keys: off CUDA's fused kernels (or under ``force_backend("torch")``), when the keys exceed one
+    block or for a cached multi-token step, whose lower-right mask SDPA would materialise as ``[T, kv_len]``."""
+    q_len = q.shape[2]
+    if backend.use_fast("attention", q, "torch"):
+        return False
+    return kv_len > BLOCK_SIZE or 1 < q_len < kv_len
 
 
 def sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, scale: float
+    q: torch.Tensor, k: torch.Tensor | tuple[torch.Tensor, ...], v: torch.Tensor, mask: AttentionMask, scale: float
 ) -> torch.Tensor:
-    """Causal attention. q ``[B, H, T, Dqk]``; k ``[B, Hk, S, Dqk]``; v ``[B, Hk, S, Dv]`` with Hk | H
-    (head h reads KV head h // (H / Hk)). Returns ``[B, H, T, Dv]``.
+    """Causal attention. q ``[B, H, T, Dqk]``; k ``[B, Hk, S, Dqk]`` (or a tuple of parts whose features
+    concatenate to it); v ``[B, Hk, S, Dv]`` with Hk | H (head h reads KV head h // (H / Hk)).
+    Returns ``[B, H, T, Dv]``.
 
-    PyTorch's SDPA picks flash / cuDNN / memory-efficient kernels on CUDA and the math kernel on CPU. For one
-    query per sequence (decoding) with grouped heads, the query heads of a group are folded into the query axis,
-    so K/V are read once per group and never repeated in memory (what MQA/MLA decoding needs at long context)."""
+    On CUDA, PyTorch's SDPA picks flash / cuDNN / memory-efficient kernels. Off CUDA, long keys and cached
+    multi-token steps go to :func:`~hylo_model.ops.attention.chunked_attention` (memory independent of S, see
+    :func:`attends_in_blocks`) and the rest to SDPA's CPU kernels. For one query per sequence (decoding) with
+    grouped heads, the query heads of a group are folded into the query axis, so K/V are read once per group
+    and never repeated in memory (what MQA/MLA decoding needs at long context)."""
     bsz, heads, q_len, _ = q.shape
-    kv_heads, kv_len = k.shape[1], k.shape[2]
+    kv_heads, kv_len = v.shape[1], v.shape[2]
+    if attends_in_blocks(q, kv_len):
+        return chunked_attention(q, k, v, scale, valid=mask.keys(kv_len))
+    if isinstance(k, tuple):
+        k = torch.cat(k, dim=-1)
     groups = heads // kv_heads
     attn_mask = mask.for_sdpa(q_len, kv_len, q.device)
     explicit = attn_mask is not None and not isinstance(attn_mask, CausalBias)
     fold = groups > 1 and (q_len == 1 and kv_len > 1 or explicit)
-    if not fold:
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and q_len > 1, scale=scale,
-            enable_gqa=groups > 1,
-        )
-    q = q.reshape(bsz, kv_heads, groups * q_len, q.shape[-1])
-    if attn_mask is not None:
-        attn_mask = attn_mask.repeat(1, 1, groups, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    with _short_query_kernels(q):
+        if not fold:
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and q_len > 1, scale=scale,
+                enable_gqa=groups > 1,
+            )
+        q = q.reshape(bsz, kv_heads, groups * q_len, q.shape[-1])
+        if attn_mask is not None:
+            attn_mask = attn_mask.repeat(1, 1, groups, 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     return out.reshape(bsz, heads, q_len, v.shape[-1])
+
+
+# Up to this many queries per call, CUDA SDPA skips the cuDNN backend. cuDNN builds (and caches) an execution graph
+# per shape; a decode step has a new key length every token, so each step paid 2-16 ms of host time for a graph
+# build (measured on H100, torch 2.11: 104 ms per Qwen3-1.7B decode step, GPU busy 5 ms of it). Flash and
+# memory-efficient kernels have no per-shape setup.
+SHORT_QUERY = 64
+_NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def _short_query_kernels(q: torch.Tensor):
+    if q.is_cuda and q.shape[2] <= SHORT_QUERY:
+        return sdpa_kernel(_NO_CUDNN)
+    return contextlib.nullcontext()

@@ -11,7 +11,9 @@ often drop it), ``kv_b_proj``, ``o_proj``. Two generalisations, both off in Deep
 
 The cache keeps only the latent ``[B, S, r]`` and the RoPE'd keys ``[B, R, S, d_rope]``. Prefill expands the
 latent into per-head keys/values and runs SDPA; a cached step with few new tokens uses the absorbed form
-(``W_UK`` folded into the query, ``W_UV`` applied after attention), which attends straight over the latent.
+(``W_UK`` folded into the query, ``W_UV`` applied after attention), which attends straight over the latent. So
+does every cached step on the key-blocked PyTorch path (CPU): re-expanding the whole cache per segment would make
+a segmented prefill cost memory in the prompt length.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from ..cache import HyLoCache
 from ..config import HyLoConfig
-from .common import AttentionMask, RMSNorm, RopeFrequencies, apply_rope, rope_frequencies, sdpa
+from .common import AttentionMask, RMSNorm, RopeFrequencies, apply_rope, attends_in_blocks, rope_frequencies, sdpa
 
 # A cached step with at most this many new tokens attends over the latent directly (absorbed weights).
 ABSORB_MAX_TOKENS = 16
@@ -95,7 +97,8 @@ class MultiHeadLatentAttention(nn.Module):
     ) -> torch.Tensor:
         """hidden_states ``[B, T, hidden]`` -> ``[B, T, hidden]``; position_ids ``[B|1, T]``.
         ``absorb`` forces (or forbids) the absorbed-weight form; by default a cached step uses it when it is
-        short or when the latent is small enough that it costs no more than re-expanding the cache."""
+        short, when the latent is small enough that it costs no more than re-expanding the cache, or when
+        attention runs key-blocked (memory independent of the cache length)."""
         bsz, seq_len, _ = hidden_states.shape
         q = self._queries(hidden_states)
         q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
@@ -124,7 +127,8 @@ class MultiHeadLatentAttention(nn.Module):
                 entry = cache.append(self.layer_idx, latent=latent, k_pe=k_pe)
                 latent, k_pe = entry["latent"], entry["k_pe"]
         if absorb is None:
-            absorb = past > 0 and (seq_len <= ABSORB_MAX_TOKENS or self._absorbed_is_cheaper())
+            absorb = past > 0 and (seq_len <= ABSORB_MAX_TOKENS or self._absorbed_is_cheaper()
+                                   or attends_in_blocks(q_pe, latent.shape[1]))
 
         q_nope = q_nope.transpose(1, 2)
         if absorb:
@@ -154,7 +158,8 @@ class MultiHeadLatentAttention(nn.Module):
         W_UV (Σ p c) + b_v. The key bias of kv_b_proj only shifts every score of a query by the same amount,
         so softmax removes it exactly; the value bias passes through because the weights sum to one.
         With one RoPE key, the cached ``latent_pe`` serves as both key and value (its extra d_rope output dims are
-        dropped), so no per-step copy of the cache is made."""
+        dropped), so no per-step copy of the cache is made; with several, the latent and the RoPE keys go to
+        :func:`sdpa` as a tuple of key parts, concatenated there per key block (or once, for the CUDA kernels)."""
         bsz, kv_len, rank = latent.shape
         weight = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, rank)
         w_uk, w_uv = weight.split([self.nope_dim, self.v_dim], dim=1)
@@ -164,7 +169,7 @@ class MultiHeadLatentAttention(nn.Module):
             context = sdpa(q, latent_pe, latent_pe, mask, self.scale)[..., :rank]
         else:
             latent = latent.unsqueeze(1).expand(bsz, self.rope_heads, kv_len, rank)
-            context = sdpa(q, torch.cat([latent, k_pe], dim=-1), latent, mask, self.scale)
+            context = sdpa(q, (latent, k_pe), latent, mask, self.scale)
         out = torch.einsum("bhtr,hvr->bhtv", context, w_uv)
         if self.kv_b_proj.bias is not None:
             v_bias = self.kv_b_proj.bias.view(self.num_heads, self.nope_dim + self.v_dim)[:, self.nope_dim :]

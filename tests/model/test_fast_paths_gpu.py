@@ -1,7 +1,8 @@
 """Every mixer's CUDA fast path against its float32 torch reference at realistic shapes (run with `pytest -m gpu`).
 
 Shapes: hidden 2048, 16 heads, 8 KV heads, head_dim 128, batch 1, 4096 tokens (and an odd 1000), bf16 on the fast
-path; the reference is the same layer in float32 on the torch path (SDPA's math kernel for attention/MLA).
+path; the reference is the same layer in float32 on the torch path (for attention/MLA, the key-blocked
+attention of `ops/attention` beyond 1024 tokens, SDPA's math kernel below).
 Relative error = ||fast - ref|| / ||ref||, for the output and for the gradients of the input and every weight.
 """
 
