@@ -100,8 +100,13 @@ def run_teacher(model, length: int, device: str, decode_tokens: int, decode: boo
         t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
     )
     if decode:
-        row["decode_tok_s"] = _decode(lambda t, c: model(t, past_key_values=c, use_cache=True), cache, out.logits,
-                                      decode_tokens, device)
+        # Decode steps get what hylo_model's sdpa does for short queries: no cuDNN backend, whose per-shape graph
+        # build costs milliseconds of host time per step (the key length changes every token). Prefill keeps it.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            row["decode_tok_s"] = _decode(lambda t, c: model(t, past_key_values=c, use_cache=True), cache,
+                                          out.logits, decode_tokens, device)
         row["decode_bytes"] = _weight_bytes(model) + row["cache_bytes"]
     return row
 
@@ -192,10 +197,6 @@ def main() -> None:
     decode_at = {parse_tokens(x) for x in args.decode_at.split(",") if x}
     segment = parse_tokens(args.segment)
     device = args.device
-    if device.startswith("cuda"):
-        # The teacher's transformers SDPA gets what hylo_model's sdpa does for short queries (no cuDNN backend, whose
-        # per-shape graph build costs milliseconds of host time per decode step); prefill is unaffected.
-        torch.backends.cuda.enable_cudnn_sdp(False)
     bandwidth = hbm_bandwidth(device)
     results = []
 
@@ -218,17 +219,19 @@ def main() -> None:
                    lambda: run_teacher(teacher, length, device, args.decode_tokens, length in decode_at))
             if results[-1].get("oom"):
                 break
-        del teacher
+        teacher = None
     for index, code in enumerate(layouts):
         model = hylo_model_for(shape, code, device)
         name = _describe(code)
-        warm_up(lambda: run_hylo(model, min(2 * segment, 65536), device, segment, 4, True))
+        # Triton autotunes per input shape: warm the shortest row's segment and the full segment.
+        shapes = sorted({min(first_lengths if index == 0 else lengths), min(2 * segment, 65536)})
+        warm_up(lambda: [run_hylo(model, n, device, segment, 4, True) for n in shapes])
         for length in first_lengths if index == 0 else lengths:
             record(name, length, lambda: run_hylo(model, length, device, segment, args.decode_tokens,
                                                   length in decode_at))
             if results[-1].get("oom"):
                 break
-        del model
+        model = None  # free it before the next layout is built
 
     print(_table(results, device, bandwidth))
     if args.out:

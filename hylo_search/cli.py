@@ -16,7 +16,8 @@ import sys
 from .errors import UsageError
 
 # The order `hylo-search --help` lists the main workflow in; other command modules follow alphabetically.
-COMMANDS = ["study", "pareto", "show", "export", "promote", "train", "upcycle", "probe", "eval", "list"]
+COMMANDS = ["study", "library", "sensitivity", "audit", "pareto", "show", "export", "promote", "train", "upcycle",
+            "probe", "eval", "list"]
 
 
 def command_names() -> list[str]:

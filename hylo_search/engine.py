@@ -20,6 +20,13 @@ intermediate values, which multi-objective Optuna refuses. Ray places the work (
 ``--trials N`` is the number of counted trials (COMPLETE + FAIL) the study should hold; rerunning the same command
 continues until it does. Trials a dead driver left RUNNING are failed (system attr ``hylo:interrupted``, not
 counted) and retried through Optuna's :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`.
+
+A study that uses the block library (:mod:`.library`: an ``assembled`` proxy, or ``library.pool``) first builds or
+completes it with the same executor, and enqueues the exact solver's pool (:mod:`.assembly`) once. With ``tiers``,
+the asked trials are the first tier (``tiers.first``, the ``assembled`` proxy by default; ``--trials`` counts
+them); when no more are asked, the ``tiers.promote`` best first-tier layouts without a second-tier result run with
+the study's ``proxy``, and each comes back as a trial of its own (``study.add_trial``, user attrs ``tier`` and
+``promoted_from``; a driver that dies meanwhile loses nothing but the work in flight).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from . import runs
 from .baselines import baselines
 from .errors import UsageError
 from .objectives import memory_metrics
-from .results import INTERRUPTED_ATTR, pareto_front, trial_counts, write_trials_table
+from .results import INTERRUPTED_ATTR, pareto_front, ranked_trials, trial_counts, write_trials_table
 from .runtime import TrialTask
 from .sampler import PROPOSED_ATTR, make_sampler
 from .spaces import layout_code
@@ -47,6 +54,7 @@ from .study import LoadedStudy
 
 FINGERPRINT_ATTR = "hylo:fingerprint"
 BASELINES_ATTR = "hylo:baselines_enqueued"
+POOL_ATTR = "hylo:pool_enqueued"
 MAX_SKIPS = 200  # proposals in a row that are infeasible or duplicates before the driver stops asking
 SAME_FAILURES = 3  # the first trials all failing with one message: a setup problem, not a layout's
 
@@ -83,7 +91,8 @@ def run_study(loaded: LoadedStudy, options: Options, reporter: Callable[[str, di
               executor_factory: Callable[..., Any] | None = None) -> Summary:
     """Run (or resume) ``loaded`` until it holds ``options.trials`` counted trials; see the module docstring.
 
-    ``reporter(event, info)`` receives ``started``, ``trial`` (a finished or skipped trial) and ``finished``.
+    ``reporter(event, info)`` receives ``library_started``, ``library_task`` and ``library`` (a study that uses
+    the block library builds it first), ``started``, ``trial`` (a finished or skipped trial) and ``finished``.
     """
     report = reporter or (lambda event, info: None)
     if loaded.problems:
@@ -104,6 +113,8 @@ def run_study(loaded: LoadedStudy, options: Options, reporter: Callable[[str, di
         _recover(study, loaded, options)
         _enqueue_baselines(study, loaded)
         executor = (executor_factory or _make_executor)(loaded, options)
+        if loaded.uses_library():
+            _prepare_library(study, loaded, options, executor, report)
         storage = study._storage
         if getattr(storage, "get_heartbeat_interval", lambda: None)():
             heartbeat = _Heartbeat(storage, loaded.definition.storage.heartbeat_interval)
@@ -189,6 +200,34 @@ def _enqueue_baselines(study: optuna.Study, loaded: LoadedStudy) -> None:
     study.set_user_attr(BASELINES_ATTR, True)
 
 
+def _prepare_library(study: optuna.Study, loaded: LoadedStudy, options: Options, executor: Any,
+                     report: Callable[[str, dict[str, Any]], None]) -> None:
+    """Build the missing blocks and sensitivities, then enqueue the exact solver's pool (once per study)."""
+    from .assembly import block_scores, solve_pool
+    from .executors import worker_threads
+    from .library import build_library
+
+    summary = build_library(loaded, options.folder, executor, worker_threads(loaded, options.executor), report)
+    if summary.failures:
+        raise RuntimeError(f"the block library is incomplete: {'; '.join(summary.failures)}")
+    report("library", {"summary": summary})
+    config = loaded.definition.library_config()
+    if not config.pool or study.user_attrs.get(POOL_ATTR) is not None:
+        return
+    from .sensitivity import read_table
+
+    scores = block_scores(read_table(options.folder)["rows"], config.kl_weight, config.probe_weight)
+    pool = solve_pool(loaded.space, scores, config.pool, config.pool_distance, config.pool_cache_ratios,
+                      loaded.definition.target_length)
+    for item in pool:
+        attrs = {"source": "solver", "solver_score": item.score}
+        if item.cache_ratio is not None:
+            attrs["solver_cache_ratio"] = item.cache_ratio
+        study.enqueue_trial(loaded.space.params_from_tokens(list(item.tokens)), user_attrs=attrs,
+                            skip_if_exists=True)
+    study.set_user_attr(POOL_ATTR, len(pool))
+
+
 def _make_executor(loaded: LoadedStudy, options: Options) -> Any:
     from .executors import make_executor
 
@@ -232,22 +271,44 @@ class _Driver:
         self.exhaustive = loaded.definition.sampler.name in ("grid", "brute_force")
         self.resolved = loaded.resolved()
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=loaded.definition.storage.max_retry)
-        # A Ray worker gets as many torch threads as CPUs it reserved; a local run keeps the process default.
-        cpus = loaded.definition.executor.resources.num_cpus
-        self.threads = max(1, int(cpus)) if options.executor == "ray" and cpus else None
+        from .executors import worker_threads
+
+        self.threads = worker_threads(loaded, options.executor)
+        # Two tiers: asked trials run the first tier's proxy; promoted layouts (keyed by negative task numbers)
+        # run the study's proxy.
+        self.tiered = loaded.definition.tiers is not None
+        self.tier = loaded.first_kind or loaded.proxy_kind
+        self.first_proxy = self.resolved["tiers"]["first"] if self.tiered else None
+        self.promoting: dict[int, FrozenTrial] = {}
+        self.promotions: list[FrozenTrial] | None = None
+        self.promoted_number = 0
+
+    def _counted(self) -> int:
+        counts = trial_counts(self.study)
+        return counts["counted"] - counts["promoted"]
+
+    def _asking(self, counted: int) -> bool:
+        return (counted + len(self.inflight) < self.options.trials and not self.exhausted and not self._broken()
+                and (self.exhaustive or self.skips < MAX_SKIPS))
+
+    def _busy(self) -> int:
+        return len(self.inflight) + len(self.promoting)
 
     def loop(self) -> str:
         try:
             while True:
-                counted = trial_counts(self.study)["counted"]
-                while (len(self.inflight) < self.executor.capacity and counted + len(self.inflight) <
-                       self.options.trials and not self.exhausted and not self._broken()
-                       and (self.exhaustive or self.skips < MAX_SKIPS)):
+                counted = self._counted()
+                while self._busy() < self.executor.capacity and self._asking(counted):
                     self._ask_one()
-                if not self.inflight:
+                if self.tiered and not self.inflight and not self._asking(counted):
+                    self._promote()
+                if not self._busy():
                     break
                 for number, record in self.executor.wait(timeout=5.0):
-                    self._tell(number, record)
+                    if number in self.promoting:
+                        self._tell_promoted(self.promoting.pop(number), record)
+                    else:
+                        self._tell(number, record)
                 if self.heartbeat is not None:
                     fail_stale_trials(self.study)
         except KeyboardInterrupt:
@@ -255,9 +316,11 @@ class _Driver:
                 fail_and_retry(self.study, trial.study._storage.get_trial(trial._trial_id),
                                "the driver was interrupted while this trial ran; retried", self.retry)
             raise
-        counted = trial_counts(self.study)["counted"]
+        counted = self._counted()
+        promoted = f"; {trial_counts(self.study)['promoted']} promoted to {self.loaded.proxy_kind}" \
+            if self.tiered else ""
         if counted >= self.options.trials:
-            return f"reached {counted} trials"
+            return f"reached {counted} trials{promoted}"
         if self.exhausted:
             return "the search space is exhausted"
         if self._broken():
@@ -287,7 +350,7 @@ class _Driver:
                "feasible": all(v <= 0 for v in constraints.values())}
         if PROPOSED_ATTR in frozen.system_attrs:
             run["proposed_layout"] = frozen.system_attrs[PROPOSED_ATTR]
-        attrs: dict[str, Any] = {"layout": code, "memory": memory, "run": run}
+        attrs: dict[str, Any] = {"layout": code, "memory": memory, "run": run, "tier": self.tier}
         violated = [f"{k} {'+' if v > 0 else ''}{v:.4g}" for k, v in constraints.items() if v > 0]
         if violated:
             attrs["infeasible"] = "; ".join(violated)
@@ -303,7 +366,7 @@ class _Driver:
             return
         self.skips = 0
         task = TrialTask(self.resolved, str(self.options.folder.resolve()), trial.number, tokens,
-                         loaded.definition.seed, threads=self.threads)
+                         loaded.definition.seed, threads=self.threads, proxy=self.first_proxy)
         self.inflight[trial.number] = (trial, code, memory)
         if self.heartbeat is not None:
             self.heartbeat.trial_ids.add(trial._trial_id)
@@ -322,12 +385,23 @@ class _Driver:
         trial, _, memory = self.inflight.pop(number)
         if self.heartbeat is not None:
             self.heartbeat.trial_ids.discard(trial._trial_id)
-        grouped = {"result": {k: record[k] for k in ("node", "host", "pid", "device", "timings", "cache", "details",
-                                                     "teacher_fingerprint", "traceback") if k in record}}
-        grouped.update({k: record[k] for k in ("metrics", "losses", "layer_table", "probe_table", "failure")
-                        if k in record})
-        for key, value in grouped.items():
+        attrs, values, failure = self._outcome(record, memory)
+        for key, value in attrs.items():
             trial.set_user_attr(key, value)
+        if failure:
+            self.failures.append(failure)
+            self._finish(trial, state=TrialState.FAIL)
+        else:
+            self._finish(trial, values=values)
+
+    def _outcome(self, record: dict[str, Any], memory: dict[str, float]
+                 ) -> tuple[dict[str, Any], list[float] | None, str | None]:
+        """A worker's record as grouped user attrs, the objective values, and the failure (None if it worked)."""
+        attrs: dict[str, Any] = {"result": {k: record[k] for k in ("node", "host", "pid", "device", "timings",
+                                                                   "cache", "details", "teacher_fingerprint",
+                                                                   "traceback") if k in record}}
+        attrs.update({k: record[k] for k in ("metrics", "losses", "layer_table", "probe_table", "failure")
+                      if k in record})
         values = None
         failure = record.get("failure")
         if record.get("status") == "ok":
@@ -336,15 +410,51 @@ class _Driver:
             bad = [m for m, v in zip(self.loaded.metrics, values) if not math.isfinite(v)]
             if bad:
                 failure = f"nan: objective {', '.join(bad)} is not finite"
-                trial.set_user_attr("failure", failure)
-        if failure or values is None:
-            if not failure:
-                failure = "exception: the worker returned no result"
-                trial.set_user_attr("failure", failure)
-            self.failures.append(failure)
-            self._finish(trial, state=TrialState.FAIL)
-        else:
-            self._finish(trial, values=values)
+        if not failure and values is None:
+            failure = "exception: the worker returned no result"
+        if failure:
+            attrs["failure"] = failure
+        return attrs, values, failure
+
+    def _promote(self) -> None:
+        """Submit the second-tier runs of the best first-tier layouts, as executor capacity allows."""
+        if self.promotions is None:
+            tiers = self.loaded.definition.tiers
+            complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            first = [t for t in complete if "promoted_from" not in t.user_attrs
+                     and all(v <= 0 for v in t.constraints.values())]
+            unique = list({t.user_attrs["layout"]: t for t in reversed(first)}.values())  # earliest per layout
+            done = {t.user_attrs.get("layout") for t in self.study.get_trials(deepcopy=False)
+                    if "promoted_from" in t.user_attrs}
+            best = ranked_trials(unique, self.study.directions)[:tiers.promote]
+            self.promotions = [t for t in best if t.user_attrs["layout"] not in done]
+        while self.promotions and self._busy() < self.executor.capacity:
+            parent = self.promotions.pop(0)
+            self.promoted_number -= 1
+            number = self.promoted_number
+            tokens = parent.user_attrs["layout"].split(",")
+            self.promoting[number] = parent
+            self.executor.submit(number, TrialTask(self.resolved, str(self.options.folder.resolve()), number,
+                                                   tokens, self.loaded.definition.seed, threads=self.threads))
+
+    def _tell_promoted(self, parent: FrozenTrial, record: dict[str, Any]) -> None:
+        """A second-tier result, stored as a finished trial of its own (same parameters as its parent)."""
+        memory = parent.user_attrs.get("memory", {})
+        attrs, values, failure = self._outcome(record, memory)
+        attrs.update(layout=parent.user_attrs["layout"], memory=memory, run=parent.user_attrs.get("run", {}),
+                     tier=self.loaded.proxy_kind, promoted_from=parent.number)
+        if "baseline" in parent.user_attrs:
+            attrs["baseline"] = parent.user_attrs["baseline"]
+        frozen = optuna.trial.create_trial(
+            state=TrialState.FAIL if failure else TrialState.COMPLETE, values=None if failure else values,
+            params=parent.params, distributions=parent.distributions, user_attrs=attrs,
+            constraints=dict(parent.constraints))
+        self.study.add_trial(frozen)
+        write_trials_table(self.study, self.options.folder / "trials.parquet", self.loaded.metrics)
+        counts = trial_counts(self.study)
+        counts["running"] = self._busy()
+        counts["front"] = len(pareto_front(self.study))
+        self.report("trial", {"trial": self.study.trials[-1], "counts": counts})
 
     def _finish(self, trial: optuna.Trial, values: list[float] | None = None, state: TrialState | None = None) -> None:
         try:
@@ -358,7 +468,7 @@ class _Driver:
         write_trials_table(self.study, self.options.folder / "trials.parquet", self.loaded.metrics)
         frozen = self.study._storage.get_trial(trial._trial_id)
         counts = trial_counts(self.study)
-        counts["running"] = len(self.inflight)
+        counts["running"] = self._busy()
         counts["front"] = len(pareto_front(self.study))
         self.report("trial", {"trial": frozen, "counts": counts})
 

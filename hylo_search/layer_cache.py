@@ -21,15 +21,16 @@ from typing import Any
 
 import torch
 
-_SOURCES = ("config.py", "model.py", "layers", "upcycle", "ops")
+MODEL_SOURCES = ("config.py", "model.py", "layers", "upcycle", "ops")
 
 
-def _code_version() -> str:
+def code_version(sources: tuple[str, ...] = MODEL_SOURCES) -> str:
+    """A digest of the package version and the named files / folders of :mod:`hylo_model`."""
     import hylo_model
 
     root = Path(hylo_model.__file__).parent
     digest = hashlib.sha256(hylo_model.__version__.encode())
-    for name in _SOURCES:
+    for name in sources:
         path = root / name
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             digest.update(file.relative_to(root).as_posix().encode())
@@ -37,7 +38,7 @@ def _code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-CODE_VERSION = _code_version()
+CODE_VERSION = code_version()
 
 
 @torch.no_grad()
@@ -64,8 +65,6 @@ class LayerCache:
 
     def build(self, teacher: Any, tokens: list[str]) -> tuple[Any, dict[str, int]]:
         """The upcycled student of ``tokens`` and ``{"layer_cache_hits": h, "layer_cache_misses": m}``."""
-        from safetensors.torch import load_file, save_file
-
         from hylo_model import upcycle
 
         dtype = next(teacher.parameters()).dtype
@@ -75,13 +74,23 @@ class LayerCache:
         student = upcycle(teacher, ",".join(tokens), seed=self.seed, init="teacher" if missing else "random",
                           **self.options)
         for i in missing:
-            mixer = student.model.layers[i].mixer
-            path = self.path(keys[i])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            save_file({k: v.detach().contiguous().cpu() for k, v in mixer.state_dict().items()}, str(tmp))
-            os.replace(tmp, path)
+            save_mixer(student.model.layers[i].mixer, self.path(keys[i]))
         for i in sorted(cached):
-            mixer = student.model.layers[i].mixer
-            mixer.load_state_dict(load_file(str(self.path(keys[i]))), strict=True)
+            load_mixer(student.model.layers[i].mixer, self.path(keys[i]))
         return student, {"layer_cache_hits": len(cached), "layer_cache_misses": len(missing)}
+
+
+def save_mixer(mixer: Any, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A mixer's tensors as one safetensors file, written atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in mixer.state_dict().items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_mixer(mixer: Any, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    mixer.load_state_dict(load_file(str(path)), strict=True)

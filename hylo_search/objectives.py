@@ -12,6 +12,8 @@ kind            what it is                                                      
 ``recipe``      the training issue's recipe, in-process (:mod:`hylo_model.train`)          proxy_kl, proxy_loss
 ``upcycle_kl``  stand-in: the upcycled student, untrained, scored exactly on held-out      proxy_kl, proxy_loss,
                 sequences (KL to the teacher, cross-entropy) + per-layer reconstruction    recon_error
+``assembled``   the layout built from the block library (no training; optional short       proxy_kl, proxy_loss
+                distill), scored on the held-out sequences: the cheap first tier
 ``ruler``       RULER-style probes (:mod:`hylo_search.probes`)                             probe_accuracy[@N]
 ``agreement``   stand-in: top-1 agreement with the teacher on the last quarter of held-   probe_accuracy[@N]
                 out sequences of each probe length
@@ -108,8 +110,9 @@ def recipe_problem(config: ProxyConfig) -> str | None:
     return None
 
 
-def resolve_proxy_kind(config: ProxyConfig, source: Any = "") -> tuple[str, str | None]:
-    """(the proxy kind to use, a problem that stops trials from running or None).
+def resolve_proxy_kind(config: ProxyConfig, source: Any = "", field: str = "proxy") -> tuple[str, str | None]:
+    """(the proxy kind to use, a problem that stops trials from running or None); ``field`` names the config in
+    messages (``proxy``, or ``tiers.first`` for a first tier).
 
     ``auto`` takes the recipe when the training code is installed, else the stand-in. A recipe that cannot run
     (not shipped, training code missing) is not a validation error — the study is well formed and the recipe
@@ -117,17 +120,17 @@ def resolve_proxy_kind(config: ProxyConfig, source: Any = "") -> tuple[str, str 
     kind = config.kind
     if kind in ("auto", "recipe") and not config.recipe:
         if kind == "recipe":
-            raise UsageError(f"{source}: field 'proxy.recipe': kind 'recipe' needs a recipe name")
+            raise UsageError(f"{source}: field '{field}.recipe': kind 'recipe' needs a recipe name")
         return "upcycle_kl", None
     if kind == "auto":
         kind = "recipe" if _train_api() is not None else "upcycle_kl"
     if kind not in PROXIES and ":" not in kind:
-        raise UsageError(f"{source}: field 'proxy.kind': unknown proxy {kind!r}; allowed: auto, "
+        raise UsageError(f"{source}: field '{field}.kind': unknown proxy {kind!r}; allowed: auto, "
                          f"{', '.join(PROXIES)}, or package.module:Class")
     if ":" in kind:
         _plugin(kind, source)
-    problem = recipe_problem(config) if kind == "recipe" else None
-    return kind, (f"{source}: field 'proxy.recipe': {problem}" if problem else None)
+    problem = recipe_problem(config) if kind == "recipe" or (kind == "assembled" and config.recipe) else None
+    return kind, (f"{source}: field '{field}.recipe': {problem}" if problem else None)
 
 
 def resolve_probe_kind(config: ProbeConfig, source: Any = "") -> tuple[str, str | None]:
@@ -167,10 +170,15 @@ def probe_class(kind: str) -> type:
 
 
 def available_metrics(loaded: LoadedStudy) -> list[str]:
-    """Every metric name an objective of this study may use (``*`` stands for a length)."""
+    """Every metric name an objective of this study may use (``*`` stands for a length); with two tiers, the
+    proxy metrics both tiers report."""
     definition = loaded.definition
     names = list(MEMORY_METRICS) + ["cache_bytes@*"]
-    names += proxy_class(loaded.proxy_kind).declared_metrics(definition.proxy)
+    proxied = proxy_class(loaded.proxy_kind).declared_metrics(definition.proxy)
+    if loaded.first_kind is not None:
+        first = proxy_class(loaded.first_kind).declared_metrics(definition.tiers.first)
+        proxied = [m for m in proxied if m in first]
+    names += proxied
     names += probe_class(loaded.probe_kind).declared_metrics(definition.probes)
     return names
 
@@ -262,27 +270,62 @@ class RecipeProxy(Plugin):
     metrics = ("proxy_kl", "proxy_loss")
 
     def __call__(self, ctx: TrialContext) -> ProxyResult:
-        run_recipe = _train_api()
-        if run_recipe is None:
-            raise RuntimeError("proxy kind 'recipe' needs hylo_model.train.run_recipe (issue 4), not importable here")
         # The student comes from the layer cache (upcycled with the study's options) and is trained in place;
         # nothing is written (out_dir None). The teacher is shared with the other trials of this process:
         # run_recipe restores what it changes on it (RoPE of a long stage).
         student = ctx.student()
-        result = run_recipe(ctx.runtime.teacher, student, self.config.recipe, None,
-                            tokenizer=ctx.runtime.tokenizer, data=self._data(ctx), progress="off",
-                            tokens=self.config.tokens, seed=ctx.seed, **self.config.options)
+        result = train_recipe(ctx, student, self.config.recipe, self.config.tokens, self.config.options)
         return normalise_recipe_result(result, student)
 
-    def _data(self, ctx: TrialContext) -> Any:
-        """The study's data for the recipe: a path / ``hf:`` source as is; a built-in source as token documents
-        in memory (about 1.25x the token budget, at least 64 sequences), drawn apart from the held-out set."""
-        source = self.study.data.source
-        if not source.startswith("builtin:"):
-            return source
-        length = self.study.data.heldout_length
-        count = max(64, math.ceil(1.25 * (self.config.tokens or 0) / length))
-        return ctx.runtime.training_documents(length, count)
+
+def train_recipe(ctx: TrialContext, student: Any, recipe: Any, tokens: int | None,
+                 options: dict[str, Any] | None = None) -> Any:
+    """``run_recipe`` on ``student`` in place with the study's data, rescaled to ``tokens``, writing nothing."""
+    run_recipe = _train_api()
+    if run_recipe is None:
+        raise RuntimeError("training a proxy needs hylo_model.train.run_recipe (issue 4), not importable here")
+    return run_recipe(ctx.runtime.teacher, student, recipe, None, tokenizer=ctx.runtime.tokenizer,
+                      data=recipe_data(ctx.runtime, tokens), progress="off", tokens=tokens, seed=ctx.seed,
+                      **(options or {}))
+
+
+def recipe_data(runtime: Any, tokens: int | None) -> Any:
+    """The study's data for a recipe: a path / ``hf:`` source as is; a built-in source as token documents in
+    memory (about 1.25x the token budget, at least 64 sequences), drawn apart from the held-out set."""
+    data = runtime.definition.data
+    if not data.source.startswith("builtin:"):
+        return data.source
+    count = max(64, math.ceil(1.25 * (tokens or 0) / data.heldout_length))
+    return runtime.training_documents(data.heldout_length, count)
+
+
+class AssembledProxy(Plugin):
+    """The cheap tier: the layout assembled from the block library (:mod:`hylo_search.library`; each converted
+    layer's mixer trained once, alone, by the align stage) with no training at all, scored like ``upcycle_kl`` on
+    the study's held-out sequences. With ``tokens``, a short global distill on top first: the distill stages of
+    ``recipe`` (default: the library's recipe) rescaled to that budget."""
+
+    metrics = ("proxy_kl", "proxy_loss")
+
+    def __call__(self, ctx: TrialContext) -> ProxyResult:
+        student = ctx.assembled()
+        details: dict[str, Any] = {"library_blocks": ctx.cache_stats.get("library_blocks", 0)}
+        losses: dict[str, list[float]] = {}
+        if self.config.tokens:
+            from hylo_model.train import load_recipe
+
+            name = self.config.recipe or self.study.library_recipe()
+            recipe = load_recipe(name)
+            stages = [s for s in recipe.stages if s.kind != "align"]
+            if not stages:
+                raise RuntimeError(f"recipe {name!r} has no distill stage to run on the assembled layout")
+            result = train_recipe(ctx, student, recipe.model_copy(update={"stages": stages}), self.config.tokens,
+                                  self.config.options)
+            details.update(normalise_recipe_result(result, student).details)
+            losses = {str(k): [float(x) for x in v] for k, v in result.losses.items()}
+        kl, ce = ctx.runtime.heldout_scores(student)
+        return ProxyResult({"proxy_kl": kl, "proxy_loss": ce}, student, losses={**losses, "heldout": [ce]},
+                           details=details)
 
 
 def normalise_recipe_result(result: Any, student: Any) -> ProxyResult:
@@ -350,5 +393,5 @@ def _json_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value))
 
 
-PROXIES: dict[str, type] = {"recipe": RecipeProxy, "upcycle_kl": UpcycleKL}
+PROXIES: dict[str, type] = {"recipe": RecipeProxy, "upcycle_kl": UpcycleKL, "assembled": AssembledProxy}
 PROBES: dict[str, type] = {"ruler": RulerProbes, "agreement": Agreement, "none": NoProbes}

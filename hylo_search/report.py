@@ -73,6 +73,17 @@ def dry_run_report(loaded: LoadedStudy, options: Any) -> str:
     lines.append("  objectives: " + ", ".join(f"{o.metric} ({o.direction})" for o in definition.objectives))
     lines.append(f"  proxy: {loaded.proxy_kind}   probes: {loaded.probe_kind}   sampler: {definition.sampler.name}"
                  f"{' + repair' if definition.sampler.repair and definition.sampler.name not in ('grid', 'brute_force') else ''}")
+    if definition.tiers is not None:
+        lines.append(f"  two tiers: every layout scored by {loaded.first_kind} first ({options.trials} trials), "
+                     f"then the {definition.tiers.promote} best trained by {loaded.proxy_kind}")
+    if loaded.uses_library():
+        from .assembly import library_entries
+
+        config = definition.library_config()
+        pool = f"; exact solver pool of {config.pool} (distance >= {config.pool_distance})" if config.pool else ""
+        lines.append(f"  block library: {len(library_entries(space))} blocks, align stage of "
+                     f"{definition.library_recipe()}{f' at {config.tokens:,} tokens' if config.tokens else ''} "
+                     f"(built before the first trial; `hylo-search library` builds it ahead){pool}")
     found = baselines(space)
     lines.append(f"  baselines enqueued first ({len(found)}):")
     for baseline in found:

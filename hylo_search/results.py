@@ -23,13 +23,19 @@ if TYPE_CHECKING:
     from .runs import RunHandle
 
 INTERRUPTED_ATTR = "hylo:interrupted"
+AUDIT = "audit.json"  # written by hylo_search.audit
+AUDIT_THRESHOLD = 0.5  # a cheap objective whose Spearman correlation with the longer proxy is below this is flagged
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     """``complete``, ``failed`` (a failure of the trial itself), ``interrupted`` (its driver died; retried),
-    ``infeasible``, ``duplicate``, ``waiting``, ``running`` and ``counted`` (= complete + failed)."""
-    counts = dict.fromkeys(("complete", "failed", "interrupted", "infeasible", "duplicate", "waiting", "running"), 0)
+    ``infeasible``, ``duplicate``, ``waiting``, ``running``, ``counted`` (= complete + failed) and ``promoted``
+    (the counted trials that are second-tier results of a two-tier study)."""
+    counts = dict.fromkeys(("complete", "failed", "interrupted", "infeasible", "duplicate", "waiting", "running",
+                            "promoted"), 0)
     for t in study.get_trials(deepcopy=False):
+        if "promoted_from" in t.user_attrs:
+            counts["promoted"] += 1
         if t.state == TrialState.COMPLETE:
             counts["complete"] += 1
         elif t.state == TrialState.FAIL:
@@ -62,7 +68,8 @@ def trial_row(t: FrozenTrial, metrics: list[str]) -> dict[str, Any]:
         "number": t.number, "status": status_of(t), "layout": attrs.get("layout"),
         "layers": [token[0] for token in tokens] or None,
         "ranks": [int(token[1:]) if token[1:] else None for token in tokens] or None,
-        "baseline": attrs.get("baseline"), "feasible": run.get("feasible"), "infeasible": attrs.get("infeasible"),
+        "baseline": attrs.get("baseline"), "tier": attrs.get("tier"), "promoted_from": attrs.get("promoted_from"),
+        "source": attrs.get("source"), "feasible": run.get("feasible"), "infeasible": attrs.get("infeasible"),
         "duplicate_of": attrs.get("duplicate_of"),
         "failure": attrs.get("failure") or t.system_attrs.get(INTERRUPTED_ATTR),
         "retry_of": t.system_attrs.get("failed_trial"), "proposed_layout": run.get("proposed_layout"),
@@ -107,14 +114,38 @@ def write_trials_table(study: optuna.Study, path: Path, metrics: list[str]) -> P
 # ------------------------------------------------------------------------------------------------ the front
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """The feasible non-dominated trials (Optuna's ``best_trials``, which keeps feasible trials only when the
-    study has constraints), by trial number."""
-    return sorted((t for t in study.best_trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    study has constraints), by trial number. In a two-tier study holding second-tier results, the front of those
+    only (a first-tier number is not comparable with a trained one)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    promoted = [t for t in complete if "promoted_from" in t.user_attrs]
+    if not promoted:
+        return sorted((t for t in study.best_trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    from optuna.study._multi_objective import _get_pareto_front_trials_by_trials  # best_trials over given trials
+
+    return sorted(_get_pareto_front_trials_by_trials(promoted, study.directions, consider_constraint=True),
+                  key=lambda t: t.number)
+
+
+def ranked_trials(trials: list[FrozenTrial], directions: list[Any]) -> list[FrozenTrial]:
+    """Completed trials best first: by non-domination rank (successive Pareto fronts, Optuna's fast
+    non-dominated sort as NSGA-II uses it), then by the first objective, then by number."""
+    import numpy as np
+    from optuna.study import StudyDirection
+    from optuna.study._multi_objective import _fast_non_domination_rank
+
+    if not trials:
+        return []
+    sign = np.array([1.0 if d in (StudyDirection.MINIMIZE, "minimize") else -1.0 for d in directions])
+    loss = np.array([t.values for t in trials], dtype=float) * sign
+    ranks = _fast_non_domination_rank(loss)
+    order = sorted(range(len(trials)), key=lambda k: (ranks[k], loss[k, 0], trials[k].number))
+    return [trials[k] for k in order]
 
 
 def summary_row(t: FrozenTrial, metrics: list[str]) -> dict[str, Any]:
     attrs = t.user_attrs
     return {
-        "trial": t.number, "layout": attrs.get("layout"), "baseline": attrs.get("baseline"),
+        "trial": t.number, "layout": attrs.get("layout"), "baseline": attrs.get("baseline"), "tier": attrs.get("tier"),
         **{m: v for m, v in zip(metrics, t.values or [None] * len(metrics))},
         "cache_ratio": (attrs.get("memory") or {}).get("cache_ratio"),
         "params_ratio": (attrs.get("memory") or {}).get("params_ratio"),
@@ -122,18 +153,47 @@ def summary_row(t: FrozenTrial, metrics: list[str]) -> dict[str, Any]:
 
 
 def front_report(handle: RunHandle) -> dict[str, Any]:
-    """The front and every baseline's standing (on the front, dominated, infeasible, failed, pending)."""
+    """The front and every baseline's standing (on the front, dominated, infeasible, failed, pending; in a
+    two-tier study whose front is second-tier, a first-tier trial stands as "first tier"), and the fidelity
+    audit's warnings."""
     metrics = handle.metrics
     front = pareto_front(handle.study)
     on_front = {t.number for t in front}
+    second = any("promoted_from" in t.user_attrs for t in front)
     baselines = []
     for t in handle.study.get_trials(deepcopy=False):
         if "baseline" in t.user_attrs and t.state != TrialState.WAITING:
-            standing = "front" if t.number in on_front else "dominated" if t.state == TrialState.COMPLETE \
-                else status_of(t)
+            standing = "front" if t.number in on_front else \
+                "first tier" if second and "promoted_from" not in t.user_attrs and t.state == TrialState.COMPLETE \
+                else "dominated" if t.state == TrialState.COMPLETE else status_of(t)
             baselines.append({**summary_row(t, metrics), "standing": standing})
     return {"study": handle.manifest.name, "objectives": handle.manifest.objectives,
-            "front": [summary_row(t, metrics) for t in front], "baselines": baselines}
+            "front": [summary_row(t, metrics) for t in front], "baselines": baselines,
+            "warnings": audit_warnings(handle.folder)}
+
+
+def audit_warnings(folder: Path) -> list[str]:
+    """Warnings from the study folder's fidelity audit (``hylo-search audit``), if it has one."""
+    try:
+        return audit_warnings_of(json.loads((Path(folder) / AUDIT).read_text()))
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def audit_warnings_of(audit: dict[str, Any]) -> list[str]:
+    """One line per cheap objective whose Spearman rank correlation with the longer proxy is below the
+    threshold (or could not be computed)."""
+    threshold = audit.get("threshold", AUDIT_THRESHOLD)
+    lines = []
+    for row in audit["correlations"]:
+        rho = row.get("spearman")
+        if rho is None or rho < threshold:
+            shown = "undefined" if rho is None else f"{rho:.2f}"
+            tau = "" if row.get("kendall") is None else f", Kendall {row['kendall']:.2f}"
+            lines.append(f"objective {row['objective']} ranks layouts unlike the {audit['budget_multiplier']:g}x "
+                         f"longer proxy (Spearman {shown}{tau} on {row['n']} layouts; below {threshold:g}): "
+                         "do not trust its ranking alone")
+    return lines
 
 
 def format_front(report: dict[str, Any], fmt: str) -> str:
@@ -169,6 +229,8 @@ def _front_table(report: dict[str, Any], metrics: list[str]) -> str:
     if report["baselines"]:
         console.print("baselines: " + "; ".join(f"{b['baseline']} (trial {b['trial']}): {b['standing']}"
                                                 for b in report["baselines"]))
+    for warning in report.get("warnings", []):
+        console.print(f"warning: {warning}")
     return console.export_text().rstrip("\n")
 
 
@@ -291,7 +353,8 @@ def describe_trial(handle: RunHandle, number: int) -> list[Any]:
         parts += [Text(f"layout  {attrs['layout']}"), drawing, Text(ruler, style="dim"),
                   Text("        A attention  L<rank> MLA  M Mamba2  G Gated DeltaNet", style="dim")]
     run, result = attrs.get("run", {}), attrs.get("result", {})
-    notes = {"infeasible": attrs.get("infeasible"), "failure": attrs.get("failure"),
+    notes = {"tier": attrs.get("tier"), "promoted_from (first-tier trial)": attrs.get("promoted_from"),
+             "source": attrs.get("source"), "infeasible": attrs.get("infeasible"), "failure": attrs.get("failure"),
              "duplicate_of": attrs.get("duplicate_of"), "proposed_layout (before repair)": run.get("proposed_layout")}
     for label, value in notes.items():
         if value is not None:

@@ -1,9 +1,11 @@
-"""The worker side of a trial: ``run_trial(task) -> record`` (what the local and Ray executors call).
+"""The worker side: ``run_task(task) -> record`` (what the local and Ray executors call) runs a trial
+(:class:`TrialTask`, :func:`run_trial`) or a share of the block library (:class:`~.library.LibraryTask`).
 
 A :class:`StudyRuntime` holds what every trial of a study shares — the teacher (loaded once per process), its
-tokenizer and fingerprint, the held-out sequences (and the teacher's log-probabilities on them), the layer cache
-and the proxy / probe plug-ins — and is kept per process, so a Ray worker that runs several trials loads the
-teacher once. ``run_trial`` never raises: OOM, NaN and exceptions come back as a record with ``status: fail``.
+tokenizer and fingerprint, the held-out sequences (and the teacher's log-probabilities on them), the layer cache,
+the block library and the proxy / probe plug-ins — and is kept per process, so a Ray worker that runs several
+trials loads the teacher once. Tasks never raise: OOM, NaN and exceptions come back as a record with
+``status: fail``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from typing import Any, Iterator
 import torch
 
 from .layer_cache import LayerCache, teacher_fingerprint
+from .library import Library, LibraryTask
 from .objectives import ProbeResult, ProxyResult, probe_class, proxy_class
-from .study import StudyDef
+from .study import ProxyConfig, StudyDef
 from .teachers import teacher_directory
 
 _TEACHER_LOGPROB_LIMIT = 64 * 2**20  # cache the teacher's held-out log-probs only below this many floats
@@ -34,7 +37,8 @@ _TEACHER_LOGPROB_LIMIT = 64 * 2**20  # cache the teacher's held-out log-probs on
 
 @dataclass
 class TrialTask:
-    """Everything a worker needs, as plain data (pickled to Ray workers)."""
+    """Everything a worker needs, as plain data (pickled to Ray workers). ``proxy``: a proxy config (mapping)
+    that replaces the study's for this trial (a first tier, the audit's longer proxy)."""
 
     study: dict[str, Any]
     study_dir: str
@@ -42,6 +46,7 @@ class TrialTask:
     tokens: list[str]
     seed: int
     threads: int | None = None
+    proxy: dict[str, Any] | None = None
 
 
 class StudyRuntime:
@@ -81,8 +86,18 @@ class StudyRuntime:
         self.layer_cache = LayerCache(cache_dir / "layers", self.fingerprint, options, self.definition.seed)
         self._teacher_logprobs: list[torch.Tensor] | None = None
         self._documents: dict[tuple[int, int], torch.Tensor] = {}
-        self.proxy = proxy_class(self.definition.proxy.kind)(self.definition.proxy, self.definition)
+        self._proxies: dict[str, Any] = {}
+        self.proxy = self.proxy_for(None)
         self.probes = probe_class(self.definition.probes.kind)(self.definition.probes, self.definition)
+        self.library = Library(self)
+
+    def proxy_for(self, config: dict[str, Any] | None) -> Any:
+        """The proxy plug-in for ``config`` (a proxy config mapping; None: the study's), one per process."""
+        proxy = ProxyConfig.model_validate(config) if config is not None else self.definition.proxy
+        key = proxy.model_dump_json()
+        if key not in self._proxies:
+            self._proxies[key] = proxy_class(proxy.kind)(proxy, self.definition)
+        return self._proxies[key]
 
     # -------------------------------------------------------------------------------------------------- data
     @functools.cached_property
@@ -112,13 +127,14 @@ class StudyRuntime:
     def heldout_scores(self, student: Any, batch: int = 4) -> tuple[float, float]:
         """Mean per-token KL(teacher || student) and the student's next-token cross-entropy on the held-out set."""
         chunks = self.heldout.split(batch)
-        cache = self._teacher_logprobs is None and self.heldout.numel() * self.teacher.config.vocab_size <= \
-            _TEACHER_LOGPROB_LIMIT
+        cached = self._teacher_logprobs
+        keep: list[torch.Tensor] | None = [] if cached is None and \
+            self.heldout.numel() * self.teacher.config.vocab_size <= _TEACHER_LOGPROB_LIMIT else None
         kl_sum = ce_sum = 0.0
         kl_n = ce_n = 0
         for index, ids in enumerate(chunks):
-            if self._teacher_logprobs is not None:
-                teacher = self._teacher_logprobs[index]
+            if cached is not None:
+                teacher = cached[index]
             else:
                 teacher = self.teacher(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
             student_lp = student(input_ids=ids, use_cache=False).logits.float().log_softmax(-1)
@@ -128,9 +144,22 @@ class StudyRuntime:
             ce_sum += ce.sum().item()
             kl_n += kl.numel()
             ce_n += ce.numel()
-            if cache:
-                self._teacher_logprobs = (self._teacher_logprobs or []) + [teacher]
+            if keep is not None:
+                keep.append(teacher)
+        if keep is not None:
+            self._teacher_logprobs = keep
         return kl_sum / kl_n, ce_sum / ce_n
+
+    def probe_score(self, model: Any, length: int, samples: int) -> float | None:
+        """The study's probes at one length on ``model`` (``probe_accuracy@length``), or None without probes."""
+        config = self.definition.probes
+        if not length or config.kind == "none":
+            return None
+        probes = probe_class(config.kind)(config.model_copy(update={"lengths": [length], "samples": samples}),
+                                          self.definition)
+        metrics = probes(TrialContext(self, [], self.definition.seed, -1), model).metrics
+        value = metrics.get(f"probe_accuracy@{length}", metrics.get("probe_accuracy"))
+        return float(value) if value is not None else None
 
     @torch.no_grad()
     def agreement(self, model: Any, length: int, samples: int, batch: int = 4) -> float:
@@ -168,6 +197,13 @@ class TrialContext:
                 self._student, self.cache_stats = self.runtime.layer_cache.build(self.runtime.teacher, self.tokens)
         return self._student
 
+    def assembled(self) -> Any:
+        """The layout built from the block library (no training)."""
+        if self._student is None:
+            with timed(self.timings, "assemble_s"):
+                self._student, self.cache_stats = self.runtime.library.assemble(self.tokens)
+        return self._student
+
 
 @contextmanager
 def timed(timings: dict[str, float], key: str) -> Iterator[None]:
@@ -176,6 +212,35 @@ def timed(timings: dict[str, float], key: str) -> Iterator[None]:
         yield
     finally:
         timings[key] = round(time.perf_counter() - start, 4)
+
+
+def run_task(task: TrialTask | LibraryTask) -> dict[str, Any]:
+    """What an executor runs: a trial, or a share of the block library."""
+    if isinstance(task, LibraryTask):
+        return run_library_task(task)
+    return run_trial(task)
+
+
+def run_library_task(task: LibraryTask) -> dict[str, Any]:
+    """Train the missing blocks of ``task`` and score their sensitivity; failures are records."""
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    record: dict[str, Any] = {"token": task.token, "layers": task.layers, "host": platform.node(),
+                              "node": _node_id(), "status": "fail"}
+    began = time.perf_counter()
+    try:
+        runtime = StudyRuntime.get(task.study, task.study_dir)
+        record.update(runtime.library.build(task.token, list(task.layers)), status="ok")
+    except torch.OutOfMemoryError as error:
+        record["failure"] = f"oom: {str(error).splitlines()[0] if str(error) else 'out of memory'}"
+    except Exception as error:  # noqa: BLE001 — the driver reports every failed share together
+        record["failure"] = f"{type(error).__name__}: {error}"
+        record["traceback"] = "".join(traceback.format_exc().splitlines(keepends=True)[-12:])
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    record["seconds"] = round(time.perf_counter() - began, 4)
+    return record
 
 
 def run_trial(task: TrialTask) -> dict[str, Any]:
@@ -188,9 +253,11 @@ def run_trial(task: TrialTask) -> dict[str, Any]:
     try:
         with timed(timings, "setup_s"):
             runtime = StudyRuntime.get(task.study, task.study_dir)
+            proxy_plugin = runtime.proxy_for(task.proxy)
+        record["tier"] = (task.proxy or {}).get("kind") or runtime.definition.proxy.kind
         ctx = TrialContext(runtime, list(task.tokens), task.seed, task.number, timings)
         with timed(timings, "proxy_s"):
-            proxy: ProxyResult = runtime.proxy(ctx)
+            proxy: ProxyResult = proxy_plugin(ctx)
         with timed(timings, "probes_s"):
             probes: ProbeResult = runtime.probes(ctx, proxy.model)
         metrics = {**proxy.metrics, **probes.metrics}

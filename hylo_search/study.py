@@ -9,6 +9,10 @@ Objective metrics (``objectives: [{metric: ..., direction: minimize|maximize}]``
 * from the proxy: ``proxy_kl`` (held-out KL(teacher || student) per token), ``proxy_loss`` (held-out next-token
   cross-entropy), and whatever else the proxy plug-in declares (``recon_error`` for the stand-in);
 * from the probes: ``probe_accuracy`` (mean over tasks at the longest probe length) and ``probe_accuracy@N``.
+
+Cheap search at scale (:mod:`.library`): ``library`` configures the per-layer block library and its sensitivity
+table; ``proxy.kind: assembled`` scores layouts built from library blocks without training; ``tiers`` scores every
+layout that way first and trains only the best with the study's ``proxy``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .definitions import Definition, read_yaml, resolve, validate
 from .errors import UsageError
@@ -81,6 +85,49 @@ class ProbeConfig(Definition):
     samples: int = 16
     scorer: str = "fast"
     options: dict[str, Any] = {}
+
+
+class LibraryConfig(Definition):
+    """The per-layer block library (``hylo-search library``; :mod:`hylo_search.library`).
+
+    Every (layer, token) of the space is trained once by the align stage(s) of ``recipe`` (default: the proxy's
+    recipe) rescaled to ``tokens`` per block (default: the recipe's own length), on the study's data.
+    ``layers_per_task``: converted layers of one token trained together by one worker (default: split so every
+    worker of the executor has work). Sensitivity: each block swapped alone into the teacher, scored by held-out KL
+    and the probe drop at ``probe_length`` (default: the study's target length; 0: no probe) with
+    ``probe_samples`` samples (default: the study's). Exact solver: at study start, ``pool`` layouts minimising
+    ``kl_weight`` x summed KL + ``probe_weight`` x summed probe drop under the space's constraints (and, in turn,
+    under each of ``pool_cache_ratios`` x the teacher's cache at the target length), at least ``pool_distance``
+    layers apart, are enqueued."""
+
+    recipe: str | None = None
+    tokens: int | None = Field(None, ge=1)
+    layers_per_task: int | None = Field(None, ge=1)
+    probe_length: int | None = Field(None, ge=0)
+    probe_samples: int | None = Field(None, ge=1)
+    pool: int = Field(0, ge=0)
+    pool_distance: int = Field(1, ge=1)
+    pool_cache_ratios: list[float] = []
+    kl_weight: float = Field(1.0, ge=0)
+    probe_weight: float = Field(0.0, ge=0)
+
+    @field_validator("pool_cache_ratios")
+    @classmethod
+    def _ratios(cls, value: list[float]) -> list[float]:
+        if bad := [r for r in value if not r > 0]:
+            raise ValueError(f"cache ratios must be > 0 (a fraction of the teacher's cache), got {bad[0]}")
+        return value
+
+
+class TiersConfig(Definition):
+    """Two-tier scoring. Every proposed layout is scored by ``first`` (the cheap tier; default the ``assembled``
+    proxy: library blocks, no training) and counts towards ``trials``; then the ``promote`` best first-tier layouts
+    (successive Pareto fronts) are scored again by the study's ``proxy`` (the second tier), each as a trial of its
+    own with ``promoted_from``. Every trial records its tier (user attr and Parquet column ``tier``); the Pareto
+    front is taken over the highest tier present."""
+
+    first: ProxyConfig = ProxyConfig(kind="assembled")
+    promote: int = Field(ge=1)
 
 
 class ObjectiveSpec(Definition):
@@ -148,6 +195,8 @@ class StudyDef(Definition):
     executor: ExecutorConfig = ExecutorConfig()
     storage: StorageConfig = StorageConfig()
     memory: MemoryConfig = MemoryConfig()
+    library: LibraryConfig | None = None
+    tiers: TiersConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -167,6 +216,13 @@ class StudyDef(Definition):
             raise ValueError("trials must be >= 1")
         return self
 
+    def library_config(self) -> LibraryConfig:
+        return self.library or LibraryConfig()
+
+    def library_recipe(self) -> str | None:
+        """The recipe whose align stage trains the library's blocks: ``library.recipe``, else the proxy's."""
+        return self.library_config().recipe or self.proxy.recipe
+
 
 @dataclass
 class LoadedStudy:
@@ -183,6 +239,7 @@ class LoadedStudy:
     proxy_kind: str
     probe_kind: str
     problems: list[str]  # what stops trials from running here (e.g. a recipe the training code lacks)
+    first_kind: str | None = None  # the first tier's proxy kind (studies with ``tiers``)
 
     @property
     def name(self) -> str:
@@ -202,7 +259,13 @@ class LoadedStudy:
         data["space"] = self.space_def.model_dump(mode="json")
         data["proxy"]["kind"] = self.proxy_kind
         data["probes"]["kind"] = self.probe_kind
+        if self.first_kind is not None:
+            data["tiers"]["first"]["kind"] = self.first_kind
         return data
+
+    def uses_library(self) -> bool:
+        """Whether trials need the block library: an assembled proxy (either tier) or a solver pool."""
+        return "assembled" in (self.proxy_kind, self.first_kind) or self.definition.library_config().pool > 0
 
     def fingerprint(self) -> str:
         """What makes two runs' trials comparable: every field but how many trials, how they are proposed and
@@ -210,6 +273,13 @@ class LoadedStudy:
         data = self.resolved()
         for key in ("trials", "executor", "storage", "description", "sampler"):
             data.pop(key, None)
+        for key in ("library", "tiers"):  # absent: the fingerprint of a study written before these fields
+            if data.get(key) is None:
+                data.pop(key, None)
+        # How layouts are proposed and grouped into work may change between runs too (as the sampler may).
+        for key in ("layers_per_task", "pool", "pool_distance", "pool_cache_ratios", "kl_weight", "probe_weight"):
+            (data.get("library") or {}).pop(key, None)
+        (data.get("tiers") or {}).pop("promote", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -234,6 +304,13 @@ def load_study(name_or_path: str | Path, seed: int | None = None) -> LoadedStudy
     space = space_def.compile(config.num_hidden_layers, costs, space_source)
     proxy_kind, proxy_problem = objectives.resolve_proxy_kind(definition.proxy, path)
     probe_kind, probe_problem = objectives.resolve_probe_kind(definition.probes, path)
+    first_kind = None
+    if definition.tiers is not None:
+        first_kind, first_problem = objectives.resolve_proxy_kind(definition.tiers.first, path, "tiers.first")
+        proxy_problem = proxy_problem or first_problem
+        if first_kind == proxy_kind:
+            raise UsageError(f"{path}: field 'tiers.first.kind': the first tier must differ from the proxy "
+                             f"({proxy_kind!r}), which is the second tier")
     if definition.sampler.name == "grid" and not space.is_ablation:
         raise UsageError(f"{path}: field 'sampler.name': grid needs an ablation space; allowed here: "
                          "tpe, nsga2, gp, random, brute_force")
@@ -241,7 +318,17 @@ def load_study(name_or_path: str | Path, seed: int | None = None) -> LoadedStudy
         raise UsageError(f"{path}: field 'sampler.name': {space_source} is an ablation grid (run exhaustively); "
                          "allowed: grid, brute_force")
     loaded = LoadedStudy(definition, path, space_def, space_source, space, config, base, proxy_kind, probe_kind,
-                         [p for p in (proxy_problem, probe_problem) if p])
+                         [p for p in (proxy_problem, probe_problem) if p], first_kind)
+    if loaded.uses_library():
+        if space.is_ablation and definition.library_config().pool:
+            raise UsageError(f"{path}: field 'library.pool': the exact solver needs a per-layer space, not an "
+                             "ablation grid; allowed here: 0")
+        if not definition.library_recipe():
+            raise UsageError(f"{path}: field 'library.recipe': the block library trains each block with a recipe's "
+                             "align stage; name a recipe (e.g. proxy_tiny), here or in 'proxy.recipe'")
+        problem = objectives.recipe_problem(ProxyConfig(kind="recipe", recipe=definition.library_recipe()))
+        if problem:
+            loaded.problems.append(f"{path}: field 'library.recipe': {problem}")
     allowed = objectives.available_metrics(loaded)
     for index, objective in enumerate(definition.objectives):
         if not objectives.metric_allowed(objective.metric, allowed):

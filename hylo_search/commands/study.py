@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{loaded.name}: {summary.stop_reason}; {counts['complete']} completed, {counts['failed']} failed, "
           f"{counts['infeasible']} infeasible, {counts['duplicate']} duplicate proposals")
     print(f"front: trials {', '.join(map(str, summary.front)) or 'none yet'}")
+    from ..results import audit_warnings
+
+    for warning in audit_warnings(summary.folder):
+        print(f"warning: {warning}")
     print(f"  hylo-search pareto {_ref(args, loaded)}     table: {summary.folder / 'trials.parquet'}")
     if summary.front:
         print(f"  hylo-search export {_ref(args, loaded)} --trial {summary.front[0]}")
@@ -101,6 +105,14 @@ class _Progress:
                                f"{info['capacity']} trial(s) at a time{resumed}")
             self._status(counts)
             return
+        if event == "library_started":
+            self.console.print(f"block library: {info['entries']} blocks in {info['tasks']} tasks")
+            return
+        if event == "library":
+            summary = info["summary"]
+            self.console.print(f"block library: {summary.trained} trained, {summary.reused} reused "
+                               f"({summary.seconds:.1f} s)")
+            return
         if event != "trial":
             return
         trial, counts = info["trial"], info["counts"]
@@ -108,6 +120,8 @@ class _Progress:
         status = "duplicate" if "duplicate_of" in attrs else "infeasible" if "infeasible" in attrs else \
             trial.state.name.lower()
         line = f"trial {trial.number:>4} {status:<10} {attrs.get('layout', '')}"
+        if "promoted_from" in attrs:
+            line += f"  [{attrs['tier']} of trial {attrs['promoted_from']}]"
         if trial.values:
             line += "  " + "  ".join(f"{m}={v:.4g}" for m, v in zip(self.metrics, trial.values))
         if attrs.get("failure"):

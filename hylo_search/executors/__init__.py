@@ -1,10 +1,11 @@
-"""Executors run trials for the driver; the driver keeps the Optuna ask/tell loop.
+"""Executors run tasks for the driver (trials, shares of the block library); the driver keeps the Optuna ask/tell
+loop.
 
-Interface (duck-typed): ``capacity`` (trials that may run at once), ``submit(number, task)``,
-``wait(timeout) -> [(number, record), ...]`` (at least one finished trial unless the timeout passes) and
-``close()``. ``local`` runs trials in the driver's process, one at a time, on whatever the process sees (the study's
-``resources`` apply to Ray only); ``ray`` runs each as a Ray task with those resources, on a cluster it starts or
-joins (``--address``).
+Interface (duck-typed): ``capacity`` (tasks that may run at once), ``submit(number, task)``,
+``wait(timeout) -> [(number, record), ...]`` (at least one finished task unless the timeout passes) and
+``close()``; a task is run by :func:`hylo_search.runtime.run_task`. ``local`` runs tasks in the driver's process,
+one at a time, on whatever the process sees (the study's ``resources`` apply to Ray only); ``ray`` runs each as a
+Ray task with those resources, on a cluster it starts or joins (``--address``).
 """
 
 from __future__ import annotations
@@ -25,3 +26,9 @@ def make_executor(name: str, loaded: Any, address: str | None = None) -> Any:
 
         return RayExecutor(resources, address, loaded.definition.executor.max_concurrent)
     raise ValueError(f"unknown executor {name!r}; allowed: {', '.join(EXECUTORS)}")
+
+
+def worker_threads(loaded: Any, name: str) -> int | None:
+    """Torch threads of a worker: a Ray worker gets as many as CPUs it reserved; a local run keeps the default."""
+    cpus = loaded.definition.executor.resources.num_cpus
+    return max(1, int(cpus)) if name == "ray" and cpus else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..runtime import TrialTask, run_trial
+from ..runtime import run_task
 
 
 class RayExecutor:
@@ -28,7 +28,7 @@ class RayExecutor:
                                    "max_retries": 0}
         if resources.memory_gb:
             options["memory"] = int(resources.memory_gb * 2**30)
-        self._remote = ray.remote(run_trial).options(**options)
+        self._remote = ray.remote(run_task).options(**options)
         key, need = ("GPU", resources.num_gpus) if resources.num_gpus else ("CPU", max(resources.num_cpus, 1e-9))
         total = ray.cluster_resources()
         if math.floor(total.get(key, 0) / need) < 1:
@@ -39,7 +39,7 @@ class RayExecutor:
         self.capacity = min(slots, max_concurrent) if max_concurrent else slots
         self._refs: dict[Any, int] = {}
 
-    def submit(self, number: int, task: TrialTask) -> None:
+    def submit(self, number: int, task: Any) -> None:
         self._refs[self._remote.remote(task)] = number
 
     def wait(self, timeout: float) -> list[tuple[int, dict[str, Any]]]:

@@ -109,3 +109,27 @@ def test_ray_executor_runs_trials_on_both_nodes(tmp_path, two_nodes):
     front = hylo(["pareto", "t4", "--format", "json"], tmp_path, runs)
     assert [r["trial"] for r in json.loads(front.stdout)["front"]] == \
         brute_force_front(study.trials, ["minimize", "minimize"])
+
+
+def test_the_block_library_is_built_across_both_nodes_and_equals_a_local_build(tmp_path, two_nodes):
+    """One task per block kind, one per node (1 CPU each); the blocks equal those of a local build, whatever
+    grouping trained them."""
+    from safetensors.torch import load_file
+    from torch.testing import assert_close
+
+    write_study(tmp_path, name="lib", executor={"resources": {"num_cpus": 1}}, proxy={"kind": "assembled"},
+                library={"recipe": "proxy_tiny", "tokens": 512})
+    runs = tmp_path / "runs"
+    built = hylo(["library", "lib.yaml", "--executor", "ray", "--address", two_nodes], tmp_path, runs, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "8 blocks in 2 tasks (ray executor)" in built.stdout and "8 blocks: 8 trained" in built.stdout
+    rows = json.loads((runs / "lib" / "library.json").read_text())["rows"]
+    assert len({r["node"] for r in rows}) == 2 and not any(r["node"].startswith("local:") for r in rows)
+    local = hylo(["library", "lib.yaml", "--executor", "local", "--out", str(tmp_path / "local")], tmp_path, runs,
+                 timeout=300)
+    assert local.returncode == 0, local.stdout + local.stderr
+    for row in json.loads((tmp_path / "local" / "library.json").read_text())["rows"]:
+        a = load_file(str(next((runs / "lib" / "cache").rglob(f"{row['key']}.safetensors"))))
+        b = load_file(str(next((tmp_path / "local" / "cache").rglob(f"{row['key']}.safetensors"))))
+        for name in a:
+            assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,140 @@
+"""The sensitivity table the block library writes (``<study>/library.json``), read back without torch: per (layer,
+token) the cost of swapping that one block into the teacher, as a heat map (layers x tokens) in the terminal
+(rich), as JSON / CSV, or as a PNG (matplotlib)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .assembly import token_order
+from .errors import UsageError
+
+TABLE = "library.json"  # written by hylo_search.library.build_library
+METRICS = {"kl": "held-out KL of the teacher with this block", "probe_drop": "probe drop (teacher - this)",
+           "ce": "held-out cross-entropy", "align_after": "align loss after training"}
+
+
+def table_folder(ref: str, out: str | None = None) -> Path:
+    """The folder holding a study's library table: ``--out``, a folder, a study name under the output root, or a
+    study definition (its folder by name)."""
+    from .runs import output_root
+
+    if out:
+        return Path(out)
+    for folder in (Path(ref), output_root() / ref):
+        if (folder / TABLE).is_file():
+            return folder
+    from .study import load_study
+
+    return output_root() / load_study(ref).name
+
+
+def read_table(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / TABLE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"no block library at {path}: run `hylo-search library STUDY` first") from None
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: cannot read the library table ({error})") from None
+
+
+def heat_map(table: dict[str, Any], metric: str) -> tuple[list[int], list[str], list[list[float | None]]]:
+    """(layers, tokens, values[layer][token]) of one metric; None where a layer cannot take a token."""
+    if metric not in METRICS:
+        raise UsageError(f"--metric {metric!r}: allowed: {', '.join(METRICS)}")
+    rows = table["rows"]
+    layers = sorted({r["layer"] for r in rows})
+    tokens = sorted({r["token"] for r in rows}, key=token_order)
+    cell = {(r["layer"], r["token"]): r.get(metric) for r in rows}
+    return layers, tokens, [[cell.get((i, t)) for t in tokens] for i in layers]
+
+
+def format_table(table: dict[str, Any], metrics: list[str], fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(table, indent=2)
+    if fmt == "csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        fields = ["layer", "token", "mixer", "rank", "kl", "ce", "probe", "teacher_probe", "probe_drop",
+                  "align_before", "align_after", "train_steps", "train_tokens", "train_s", "sensitivity_s"]
+        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table["rows"])
+        return buffer.getvalue().rstrip("\n")
+    from rich.console import Console
+
+    console = Console(width=160, record=True, file=open(os.devnull, "w"))
+    for metric in metrics:
+        heading, grid = _rich_heat_map(table, metric)
+        console.print(heading)
+        console.print(grid)
+    if not table.get("complete", True):
+        console.print("warning: the library is incomplete (a task failed); rerun `hylo-search library`")
+    return console.export_text().rstrip("\n")
+
+
+def _rich_heat_map(table: dict[str, Any], metric: str) -> tuple[str, Any]:
+    from rich.table import Table
+
+    layers, tokens, values = heat_map(table, metric)
+    finite = [v for row in values for v in row if v is not None and math.isfinite(v)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    probe = next((r.get("probe_length") for r in table["rows"] if r.get("probe_length")), None)
+    where = f" at {probe} tokens" if metric == "probe_drop" and probe else ""
+    heading = f"{table['study']}: {METRICS[metric]}{where}, per layer (rows) and block (columns); darker = worse"
+    grid = Table()
+    grid.add_column("layer", justify="right")
+    for token in tokens:
+        grid.add_column(token, justify="right")
+    for layer, row in zip(layers, values):
+        cells = []
+        for value in row:
+            if value is None:
+                cells.append("")
+                continue
+            shade = 0.0 if high <= low else (value - low) / (high - low)
+            red = 255
+            rest = int(255 - 180 * shade)
+            cells.append(f"[black on #{red:02x}{rest:02x}{rest:02x}]{value:.4g}[/]")
+        grid.add_row(str(layer), *cells)
+    return heading, grid
+
+
+def plot_heat_map(table: dict[str, Any], metrics: list[str], path: Path) -> Path:
+    """A PNG with one heat map (layers x blocks) per metric."""
+    if path.suffix != ".png":
+        raise UsageError(f"--plot {path}: allowed extension: .png")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot FILE.png needs matplotlib: pip install matplotlib") from None
+    import numpy as np
+
+    figure, axes = plt.subplots(1, len(metrics), figsize=(3 + 1.2 * len(metrics) * 4, 6), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        layers, tokens, values = heat_map(table, metric)
+        grid = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+        image = axis.imshow(grid, aspect="auto", cmap="Reds")
+        axis.set_xticks(range(len(tokens)), tokens)
+        axis.set_yticks(range(len(layers)), [str(i) for i in layers])
+        axis.set_xlabel("block")
+        axis.set_ylabel("layer")
+        axis.set_title(METRICS[metric])
+        figure.colorbar(image, ax=axis)
+    figure.suptitle(f"block sensitivity of {table['study']}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    figure.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    os.replace(tmp, path)
+    return path
