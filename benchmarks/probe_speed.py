@@ -3,7 +3,7 @@
 A random Qwen3-1.7B-shaped teacher (transformers, SDPA) is the baseline; the HyLo student upcycled from it (default
 layout: one attention layer in four, Gated DeltaNet elsewhere) is timed through the same scorers, both prefilled in
 segments through their caches. Weights are random, so scores are 0: this measures speed and memory, not quality.
-No download: the tokenizer is the tests' locally trained BPE (ids < 3072 of the 151936-token vocabulary).
+No download: the tokenizer is the tiny teacher's locally trained BPE (ids < 3072 of the 151936-token vocabulary).
 
     python benchmarks/probe_speed.py                       # 16k,64k; niah_single_1; 3 samples; both scorers
     python benchmarks/probe_speed.py --lengths 16k --samples 5 --layout A,G,G,G --segment 8192
@@ -76,9 +76,9 @@ def main() -> int:
         print("needs a CUDA device", file=sys.stderr)
         return 1
     from hylo_search.probes import generate_samples, parse_lengths, parse_tasks
-    from tests.probes.helpers import probe_tokenizer
+    from hylo_search.tiny_teacher import build_tokenizer
 
-    tokenizer = probe_tokenizer()
+    tokenizer = build_tokenizer()
     samples = [s for t in parse_tasks(args.tasks) for n in parse_lengths(args.lengths)
                for s in generate_samples(t, n, args.samples, tokenizer)]
     teacher, student = build(args.layout, torch.bfloat16)

@@ -7,8 +7,9 @@ Placements of ``k`` kept layers (attention or MLA) among ``n`` layers, every oth
 * ``end``     — the last k layers (attention only at the end); ``start`` — the first k layers.
 
 Baselines (:func:`baselines`), each kept only if the space can express it: the teacher (all attention), uniform
-interleave, SMART-like, attention at the end, all-MLA (smallest / middle / largest rank), a Zebra-Llama-like
-layout (MLA + Mamba2, evenly spaced) and an MLA + GDN layout at SMART positions. ``k`` is the largest count the
+interleave, SMART-like, attention at the end, all-GDN / all-Mamba2 (only where the count rules allow no full
+layer), all-MLA (smallest / middle / largest rank), a Zebra-Llama-like layout (MLA + Mamba2, evenly spaced) and an
+MLA + GDN layout at SMART positions. ``k`` is the largest count the
 space's count rules allow (counting fixed layers) for which the layout meets every constraint (else the
 smallest allowed).
 """
@@ -89,6 +90,8 @@ def baselines(space: CompiledSpace) -> list[Baseline]:
             (f"smart_{lin}", best("smart", "attention", lin)),
             (f"attention_at_end_{lin}", best("end", "attention", lin)),
         ]
+    # Pure linear models (no attention or MLA anywhere), where the space allows them: the floor on recall.
+    proposals += [(f"all_{lin}", [CODE[lin]] * n) for lin in linear]
     if ranks:
         for rank in sorted({ranks[0], mid_rank, ranks[-1]}):
             proposals.append((f"all_mla_r{rank}", [f"L{rank}"] * n))

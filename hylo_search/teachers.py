@@ -7,11 +7,11 @@ Two things are needed of a teacher, at different times:
   teacher configs (:data:`KNOWN_CONFIGS`, so validation and ``--dry-run`` work offline), then the hub (config only);
 * its **weights** — when trials run: :func:`teacher_directory` gives a local directory with safetensors.
 
-Built-in teachers (:data:`BUILTIN_TEACHERS`) are, for now, tiny random Qwen3 models with a byte-level tokenizer,
-built deterministically from a seed on first use and cached under the study's cache folder. ``builtin:tiny`` is a
-placeholder until issue 9 provides a trained tiny teacher: that issue replaces its entry, e.g.
-``register_builtin_teacher("tiny", BuiltinTeacher(directory=SHIPPED_DIR))`` (or edits :data:`BUILTIN_TEACHERS`);
-``builtin:tiny-random`` (what the tests use) stays random.
+Built-in teachers (:data:`BUILTIN_TEACHERS`): ``builtin:tiny`` is the embedded trained teacher shipped with the
+package (``hylo_search/assets/tiny_teacher``: safetensors, tokenizer, ``training.json``; rebuilt by
+``python -m hylo_search.tiny_teacher``, see :mod:`hylo_search.tiny_teacher`); ``builtin:tiny-random`` (what most
+tests use) is a tiny random Qwen3 with a byte-level tokenizer, built deterministically from a seed on first use and
+cached under the study's cache folder. :func:`register_builtin_teacher` adds more.
 """
 
 from __future__ import annotations
@@ -74,15 +74,15 @@ def build_random_teacher(directory: Path, spec: BuiltinTeacher) -> None:
 BYTE_VOCAB = 260  # 256 bytes + <|bos|>, <|eos|>, <|pad|>, one spare (a multiple of 4)
 
 BUILTIN_TEACHERS: dict[str, BuiltinTeacher] = {
-    "tiny": BuiltinTeacher(_tiny_qwen3(layers=6), build_random_teacher, version="placeholder-1",
-                           description="placeholder for issue 9's trained tiny teacher: a random 6-layer Qwen3"),
+    "tiny": BuiltinTeacher(directory=Path(__file__).parent / "assets" / "tiny_teacher",
+                           description="the embedded trained tiny Llama (python -m hylo_search.tiny_teacher)"),
     "tiny-random": BuiltinTeacher(_tiny_qwen3(layers=4, max_positions=1024), build_random_teacher,
                                   description="random 4-layer Qwen3 (d 64) for tests"),
 }
 
 
 def register_builtin_teacher(name: str, teacher: BuiltinTeacher) -> None:
-    """Add or replace ``builtin:NAME`` (issue 9 replaces ``tiny`` with a trained teacher this way)."""
+    """Add or replace ``builtin:NAME``."""
     BUILTIN_TEACHERS[name] = teacher
 
 
@@ -167,7 +167,13 @@ def teacher_config(teacher: str) -> Any:
 
     if is_builtin(teacher):
         spec = builtin_spec(teacher)
-        return AutoConfig.from_pretrained(spec.directory) if spec.directory else from_values(spec.config)
+        if spec.directory is not None:
+            try:
+                return AutoConfig.from_pretrained(spec.directory)
+            except (OSError, ValueError) as error:
+                raise UsageError(f"built-in teacher {teacher!r}: cannot read {spec.directory}/config.json "
+                                 f"({error}); rebuild it with `python -m hylo_search.tiny_teacher`") from None
+        return from_values(spec.config)
     path = Path(teacher).expanduser()
     if path.is_dir():
         try:
@@ -202,6 +208,9 @@ def teacher_directory(teacher: str, cache_dir: Path) -> Path:
             raise RuntimeError(str(error)) from None
     spec = builtin_spec(teacher)
     if spec.directory is not None:
+        if not (spec.directory / "config.json").is_file():
+            raise RuntimeError(f"built-in teacher {teacher!r}: {spec.directory} holds no config.json (an install "
+                               "without the package data?); rebuild it with `python -m hylo_search.tiny_teacher`")
         return spec.directory
     digest = hashlib.sha256(json.dumps([spec.config, spec.version, spec.seed], sort_keys=True,
                                        default=str).encode()).hexdigest()[:12]

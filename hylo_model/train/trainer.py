@@ -483,7 +483,10 @@ class _Trainer:
         if optimizer is None or (isinstance(stage, AlignStage) and not layers):
             notes.append("skipped: nothing to train (no converted layers or no parameters in the named groups)")
             self.progress.message(f"[{name}] " + "; ".join(notes))
-            return StageResult(name, stage.kind, 0, 0, 0.0, notes=notes), doc_state
+            # Still scored, so a layout with nothing to train (the teacher itself) reports its held-out KL.
+            scores = self._evaluate(index, stage, layers)
+            return StageResult(name, stage.kind, 0, 0, 0.0, eval_before=scores, eval_after=scores,
+                               notes=notes), doc_state
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
             s, steps, stage.warmup(), stage.schedule, stage.min_lr_ratio))
         if isinstance(stage, AlignStage):

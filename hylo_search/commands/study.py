@@ -64,10 +64,34 @@ def run(args: argparse.Namespace) -> int:
 
     for warning in audit_warnings(summary.folder):
         print(f"warning: {warning}")
-    print(f"  hylo-search pareto {_ref(args, loaded)}     table: {summary.folder / 'trials.parquet'}")
-    if summary.front:
-        print(f"  hylo-search export {_ref(args, loaded)} --trial {summary.front[0]}")
+    pick = _print_front(summary, _ref(args, loaded)) if summary.front else None
+    print(f"  table: {summary.folder / 'trials.parquet'}    hylo-search pareto {_ref(args, loaded)}")
+    if pick is not None:
+        print(f"  hylo-search export {_ref(args, loaded)} --trial {pick}")
     return 0 if counts["complete"] or not counts["failed"] else 1
+
+
+def _print_front(summary: Any, ref: str) -> int:
+    """Print the front as a table, and plot it beside the study when plotly or matplotlib is installed. Returns the
+    trial to suggest exporting: the front's best hybrid (not the teacher itself) by the first objective."""
+    from ..results import format_front, front_report, plot_front
+    from ..runs import open_run
+
+    handle = open_run(str(summary.folder), None)
+    report = front_report(handle)
+    print(format_front(report, "table"))
+    for name in ("front.html", "front.png"):
+        try:
+            print(f"  plot: {plot_front(handle, summary.folder / name)}")
+            break
+        except RuntimeError:
+            continue
+    else:
+        print(f"  plot: pip install plotly (or matplotlib), then hylo-search pareto {ref} --plot front.html")
+    first = report["objectives"][0]
+    sign = 1 if first["direction"] == "minimize" else -1
+    rows = [r for r in report["front"] if r.get("baseline") != "teacher"] or report["front"]
+    return min(rows, key=lambda r: sign * float(r.get(first["metric"]) or 0.0))["trial"]
 
 
 def _ref(args: argparse.Namespace, loaded: Any) -> str:

@@ -1,0 +1,89 @@
+"""The README's main command on the shipped teacher: `hylo-search study tiny` (its baselines) gives a meaningful
+front — the teacher (all attention) recalls best, layouts without any attention or MLA layer lose recall — and the
+exported layout promotes with the tiny recipe into a checkpoint that loads with AutoModelForCausalLM and generates.
+
+Also: the shipped teacher is what `python -m hylo_search.tiny_teacher` writes (config, tokenizer, training report)
+and scores well above chance on its own probes."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pandas as pd
+import pytest
+
+from hylo_search.teachers import builtin_spec, teacher_directory
+
+from .helpers import hylo
+
+BASELINE_TRIALS = 12  # the tiny space's baselines on a 2-layer teacher (see hylo_search.baselines)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The shipped study, run for its baselines only (they are enqueued first)."""
+    folder = tmp_path_factory.mktemp("demo")
+    runs = folder / "runs"
+    out = hylo(["study", "tiny", "--trials", str(BASELINE_TRIALS)], folder, runs)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = pd.read_parquet(runs / "tiny" / "trials.parquet")
+    print("\n" + table[["number", "layout", "baseline", "proxy_kl", "probe_accuracy", "cache_bytes"]]
+          .to_string(index=False))
+    return folder, runs, out.stdout, table
+
+
+def test_shipped_teacher_is_complete_and_recalls():
+    directory = teacher_directory("builtin:tiny", cache_dir=None)
+    assert directory == builtin_spec("builtin:tiny").directory
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "training.json"):
+        assert (directory / name).is_file(), name
+    assert (directory / "model.safetensors").stat().st_size <= 10 * 2**20
+    report = json.loads((directory / "training.json").read_text())
+    # Chance is ~1e-7 (a 7-digit number must come out exactly); its own evaluation at every trained length.
+    assert all(score >= 0.5 for score in report["probes"]["niah_single_1"].values()), report["probes"]
+
+
+def test_teacher_recalls_best_and_linear_layouts_lose_recall(demo):
+    _, _, _, table = demo
+    done = table[table["status"] == "complete"].set_index("baseline")
+    teacher = done.loc["teacher", "probe_accuracy"]
+    assert teacher >= 0.5
+    assert (done["probe_accuracy"] <= teacher).all()
+    for name in ("all_gdn", "all_mamba2"):
+        assert done.loc[name, "probe_accuracy"] <= teacher - 0.4, (name, done.loc[name, "probe_accuracy"])
+    # Cache: the teacher keeps the most; pure linear layouts the least.
+    assert done.loc["teacher", "cache_bytes"] == done["cache_bytes"].max()
+    assert done.loc["all_gdn", "cache_bytes"] < done.loc["teacher", "cache_bytes"]
+
+
+def test_demo_prints_the_front_and_the_teacher_is_on_it(demo):
+    folder, runs, stdout, table = demo
+    assert f"tiny: reached {BASELINE_TRIALS} trials" in stdout and "hylo-search export tiny --trial" in stdout
+    out = hylo(["pareto", "tiny", "--format", "json"], folder, runs)
+    front = {row["layout"] for row in json.loads(out.stdout)["front"]}
+    assert "A,A" in front
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{runs / 'tiny' / 'study.db'}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == BASELINE_TRIALS
+
+
+def test_export_then_promote_gives_a_checkpoint_that_generates(demo):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, runs, _, table = demo
+    trial = int(table[table["baseline"] == "smart_mla_gdn"]["number"].iloc[0])
+    exported = hylo(["export", "tiny", "--trial", str(trial)], folder, runs)
+    assert exported.returncode == 0, exported.stderr
+    out = folder / "promoted"
+    promoted = hylo(["promote", "tiny", "--trial", str(trial), "--recipe", "tiny", "--out", str(out)], folder, runs)
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    import hylo_model  # noqa: F401  (registers the hylo model type with the Auto classes)
+
+    model = AutoModelForCausalLM.from_pretrained(out / "final").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    assert model.config.hylo_layout == table.loc[table["number"] == trial, "layout"].iloc[0]
+    ids = tokenizer("The grass is green.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        generated = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert generated.shape == (1, ids.shape[1] + 8)
