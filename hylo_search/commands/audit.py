@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ._study_args import add_study_arguments, with_executor
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,15 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "additive sensitivity score) and the longer run. Writes <folder>/audit.json; `pareto` and `study` then warn "
         "about objectives whose Spearman correlation is below 0.5.",
     )
-    parser.add_argument("study", metavar="NAME|PATH", help="shipped study name or study YAML file")
+    add_study_arguments(parser, storage_help="storage URL if not the one the study folder records")
     parser.add_argument("--layouts", type=int, default=8, help="layouts to retrain (default 8, at least 3)")
     parser.add_argument("--budget-multiplier", type=float, default=10.0,
                         help="the longer proxy's tokens as a multiple of the proxy recipe's (default 10)")
-    parser.add_argument("--executor", choices=["local", "ray"], default=None, help="default: the YAML's")
-    parser.add_argument("--address", default=None, help="Ray cluster to join (ray executor), e.g. 10.0.0.1:6379")
-    parser.add_argument("--storage", default=None, help="storage URL if not the one the study folder records")
-    parser.add_argument("--out", default=None, help="study folder (default ./hylo_runs/<name>)")
-    parser.add_argument("--seed", type=int, default=None, help="override the study's seed")
     parser.set_defaults(func=run)
 
 
@@ -31,30 +28,20 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..audit import format_audit, run_audit
-    from ..executors import make_executor, worker_threads
-    from ..runs import study_dir
-    from ..study import load_study
 
-    loaded = load_study(args.study, seed=args.seed)
-    folder = study_dir(loaded.name, args.out)
-    name = args.executor or loaded.definition.executor.name
     console = Console(highlight=False, soft_wrap=True)
 
     def report(event: str, info: dict[str, Any]) -> None:
         if event == "audit_started":
-            console.print(f"audit of {loaded.name}: {info['layouts']} layouts, {info['runs']} runs "
+            console.print(f"audit of {args.study}: {info['layouts']} layouts, {info['runs']} runs "
                           f"(longer proxy {info['long']['recipe']} at {info['long']['tokens']:,} tokens)")
         elif event == "audit_run":
             record = info["record"]
             shown = record.get("failure") or ", ".join(f"{k}={v:.4g}" for k, v in sorted(record["metrics"].items()))
             console.print(f"  {info['layout']:<24} {info['tier']:<10} {shown}")
 
-    executor = make_executor(name, loaded, args.address or loaded.definition.executor.address)
-    try:
-        result = run_audit(loaded, folder, executor, args.layouts, args.budget_multiplier, args.storage,
-                           worker_threads(loaded, name), report)
-    finally:
-        executor.close()
+    _, folder, result = with_executor(args, lambda loaded, folder, executor, threads: run_audit(
+        loaded, folder, executor, args.layouts, args.budget_multiplier, args.storage, threads, report))
     console.print(format_audit(result))
     console.print(f"written to {folder / 'audit.json'}")
     failed = sum(1 for row in result["layouts"] if "long" in row["failures"])

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from ._study_args import add_study_arguments, with_executor
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -16,41 +18,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(held-out KL, probe drop). Blocks are cached under the study folder; rerunning trains only what is "
         "missing. Writes <folder>/library.json (see `hylo-search sensitivity`).",
     )
-    parser.add_argument("study", metavar="NAME|PATH", help="shipped study name or study YAML file")
-    parser.add_argument("--executor", choices=["local", "ray"], default=None, help="default: the YAML's")
-    parser.add_argument("--address", default=None, help="Ray cluster to join (ray executor), e.g. 10.0.0.1:6379")
-    parser.add_argument("--out", default=None, help="study folder (default ./hylo_runs/<name>)")
-    parser.add_argument("--seed", type=int, default=None, help="override the study's seed")
+    add_study_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..executors import make_executor, worker_threads
     from ..library import build_library
-    from ..runs import study_dir
     from ..sensitivity import format_table, read_table
-    from ..study import load_study
 
-    loaded = load_study(args.study, seed=args.seed)
-    folder = study_dir(loaded.name, args.out)
-    name = args.executor or loaded.definition.executor.name
     console = Console(highlight=False, soft_wrap=True)
 
     def report(event: str, info: dict[str, Any]) -> None:
         if event == "library_started":
-            console.print(f"library of {loaded.name}: {info['entries']} blocks in {info['tasks']} tasks "
-                          f"({name} executor); folder {folder}")
+            console.print(f"library of {args.study}: {info['entries']} blocks in {info['tasks']} tasks")
         elif event == "library_task":
             console.print(f"  {info['token']:<6} layers {info['layers']}: trained {len(info['trained'])} "
                           f"({info['seconds']} s)")
 
-    executor = make_executor(name, loaded, args.address or loaded.definition.executor.address)
-    try:
-        summary = build_library(loaded, folder, executor, worker_threads(loaded, name), report)
-    finally:
-        executor.close()
+    _, folder, summary = with_executor(args, lambda loaded, folder, executor, threads: build_library(
+        loaded, folder, executor, threads, report))
     console.print(f"{summary.entries} blocks: {summary.trained} trained, {summary.reused} reused, "
                   f"{summary.optimizer_steps} optimizer steps, {summary.seconds:.1f} s; table {summary.path}")
     for failure in summary.failures:

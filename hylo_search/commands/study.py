@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from ._study_args import add_study_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -14,13 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--trials trials (completed or failed; infeasible and duplicate proposals do not count). Rerunning the "
         "same command resumes it. Output: ./hylo_runs/<name>/ ($HYLO_RUNS_DIR, or --out).",
     )
-    parser.add_argument("study", metavar="NAME|PATH", help="shipped study name or study YAML file")
+    add_study_arguments(parser, storage_help="Optuna storage URL (default sqlite under the study folder)")
     parser.add_argument("--trials", type=int, default=None, help="trials the study should hold (default: the YAML's)")
-    parser.add_argument("--executor", choices=["local", "ray"], default=None, help="default: the YAML's")
-    parser.add_argument("--address", default=None, help="Ray cluster to join (ray executor), e.g. 10.0.0.1:6379")
-    parser.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite under the study folder)")
-    parser.add_argument("--out", default=None, help="study folder (default ./hylo_runs/<name>)")
-    parser.add_argument("--seed", type=int, default=None, help="override the study's seed")
     parser.add_argument("--dry-run", action="store_true", help="describe the space, baselines and costs; run nothing")
     parser.set_defaults(func=run)
 
