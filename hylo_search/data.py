@@ -51,8 +51,13 @@ def _teacher_samples(teacher: Any, count: int, length: int, seed: int) -> torch.
     start = torch.full((count, 1), bos, dtype=torch.long, device=device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        out = teacher.generate(start, do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=length - 1,
-                               min_new_tokens=length - 1, pad_token_id=bos)
+        # Every row runs to full length, so padding never happens; a pad id other than BOS only keeps
+        # transformers from mistaking the BOS prompt for right-padding.
+        pad = next((t for t in (teacher.config.pad_token_id, teacher.config.eos_token_id) if t not in (None, bos)),
+                   bos)
+        out = teacher.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_k=0, top_p=1.0,
+                               temperature=1.0, max_new_tokens=length - 1, min_new_tokens=length - 1,
+                               pad_token_id=pad)
     return out[:, :length].cpu()
 
 
