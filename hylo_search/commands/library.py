@@ -30,15 +30,18 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(highlight=False, soft_wrap=True)
 
-    def report(event: str, info: dict[str, Any]) -> None:
-        if event == "library_started":
-            console.print(f"library of {args.study}: {info['entries']} blocks in {info['tasks']} tasks")
-        elif event == "library_task":
-            console.print(f"  {info['token']:<6} layers {info['layers']}: trained {len(info['trained'])} "
-                          f"({info['seconds']} s)")
+    def work(loaded: Any, folder: Any, executor: Any, threads: Any, name: str) -> Any:
+        def report(event: str, info: dict[str, Any]) -> None:
+            if event == "library_started":
+                console.print(f"library of {loaded.name}: {info['entries']} blocks in {info['tasks']} tasks "
+                              f"({name} executor); folder {folder}")
+            elif event == "library_task":
+                console.print(f"  {info['token']:<6} layers {info['layers']}: trained {len(info['trained'])} "
+                              f"({info['seconds']} s)")
 
-    _, folder, summary = with_executor(args, lambda loaded, folder, executor, threads: build_library(
-        loaded, folder, executor, threads, report))
+        return build_library(loaded, folder, executor, threads, report)
+
+    _, folder, summary = with_executor(args, work)
     console.print(f"{summary.entries} blocks: {summary.trained} trained, {summary.reused} reused, "
                   f"{summary.optimizer_steps} optimizer steps, {summary.seconds:.1f} s; table {summary.path}")
     for failure in summary.failures:
