@@ -198,6 +198,7 @@ def main() -> None:
     segment = parse_tokens(args.segment)
     device = args.device
     bandwidth = hbm_bandwidth(device)
+    print(f"measured copy bandwidth {bandwidth / 1e9:,.0f} GB/s", flush=True)
     results = []
 
     def record(name: str, length: int, fn) -> None:
