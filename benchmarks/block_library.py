@@ -57,6 +57,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--probe-length", type=int, default=None, help="agreement probe length (default 4096)")
     parser.add_argument("--probe-samples", type=int, default=4)
     parser.add_argument("--layouts", type=int, default=8, help="assembled layouts to score")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="time each entry cold (default: first build every block once at another layer, "
+                             "untimed, so Triton autotuning and cuBLAS heuristics are not counted in the entry)")
     parser.add_argument("--json-out", default=None, help="also write the measurements as JSON")
     args = parser.parse_args()
     cpu = args.device == "cpu"
@@ -143,6 +146,7 @@ def build_entries(runtime, tokens: list[str], layer: int, device: str) -> list[d
                      "tokens": row["train_tokens"], "steps": row["train_steps"], "kl": row["kl"],
                      "align_before": row["align_before"], "align_after": row["align_after"],
                      "peak_gib": _peak(device)})
+        print(f"entry {token}: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -211,6 +215,10 @@ def main() -> None:
         loaded = load_study(write_study(args, folder, folder / "teacher"))
         runtime = StudyRuntime(loaded.resolved(), folder / "run")
         setup = time.perf_counter() - began
+        print(f"setup (teacher written and loaded, study resolved) {setup:.1f} s", file=sys.stderr, flush=True)
+        if not args.no_warmup:
+            warm = build_entries(runtime, tokens, (layer + 1) % shape["num_hidden_layers"], args.device)
+            print(f"warm-up entries (untimed) {sum(r['total_s'] for r in warm):.1f} s", file=sys.stderr, flush=True)
         entries = build_entries(runtime, tokens, layer, args.device)
         fill_blocks(runtime, tokens)
         scoring = score_layouts(runtime, tokens, args.layouts, args.device)
@@ -221,7 +229,7 @@ def main() -> None:
     print(f"entry = conversion + align ({args.recipe}: target {recipe.target}, loss {recipe.loss}, "
           f"seq {recipe.seq_len}, batch {recipe.batch_size}) on {args.tokens:,} tokens + sensitivity (held-out KL on "
           f"{args.heldout[0]}x{args.heldout[1]} tokens, agreement probe {args.probe_samples}x{args.probe_length}); "
-          f"layer {layer}\n")
+          f"layer {layer}; {'cold' if args.no_warmup else 'after one untimed build of each block at another layer'}\n")
     print("| block | entry s | convert s | align s (steps) | align tok/s | sensitivity s | peak GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row in entries:

@@ -34,7 +34,8 @@ def main() -> None:
     from hylo_model.ops.ssd import ssd
 
     dev, dt = "cuda", torch.bfloat16
-    rows = ["| op | T | ours ms | bare kernel ms | ratio |", "|---|---|---|---|---|"]
+    print(f"card: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    print("| op | T | ours ms | bare kernel ms | ratio |\n|---|---|---|---|---|", flush=True)
     for text in args.lengths.split(","):
         T = int(text.rstrip("k")) * 1024
         H, D = 16, 128
@@ -46,7 +47,7 @@ def main() -> None:
         with torch.no_grad():
             ours = bench(lambda: gated_delta_rule(q, k, v, g, beta, output_final_state=True))
             bare = bench(lambda: chunk_gated_delta_rule(q, k, v, g, beta, scale=D**-0.5, output_final_state=True))
-        rows.append(f"| gated_delta_rule | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |")
+        print(f"| gated_delta_rule | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |", flush=True)
 
         x = torch.randn(1, T, H, D, device=dev, dtype=dt)
         dtv = torch.rand(1, T, H, device=dev, dtype=torch.float32) * 0.1
@@ -57,16 +58,14 @@ def main() -> None:
             ours = bench(lambda: ssd(x, dtv, A, B, C, output_final_state=True))
             bare = bench(lambda: chunk_simple_gla(C, B, (x * dtv[..., None]).to(dt), g=dtv * A, scale=1.0,
                                                   output_final_state=True))
-        rows.append(f"| ssd (Mamba2) | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |")
+        print(f"| ssd (Mamba2) | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |", flush=True)
 
         qa = torch.randn(1, H, T, D, device=dev, dtype=dt)
         ka, va = (torch.randn(1, 8, T, D, device=dev, dtype=dt) for _ in range(2))
         with torch.no_grad():
             ours = bench(lambda: sdpa(qa, ka, va, AttentionMask(None), D**-0.5))
             bare = bench(lambda: F.scaled_dot_product_attention(qa, ka, va, is_causal=True, enable_gqa=True))
-        rows.append(f"| attention (SDPA, GQA) | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |")
-    print(f"card: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    print("\n".join(rows))
+        print(f"| attention (SDPA, GQA) | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
