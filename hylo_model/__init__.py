@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from .cache import HyLoCache, cache_bytes, layer_cache_bytes
 from .config import HyLoConfig
+from .graphs import GraphDecoder
 from .layout import MIXERS, LayerSpec, Layout
 from .model import HyLoForCausalLM, HyLoModel
 
@@ -18,6 +19,7 @@ AutoModelForCausalLM.register(HyLoConfig, HyLoForCausalLM, exist_ok=True)
 
 __all__ = [
     "MIXERS",
+    "GraphDecoder",
     "HyLoCache",
     "HyLoConfig",
     "HyLoForCausalLM",

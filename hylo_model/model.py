@@ -136,6 +136,14 @@ class HyLoModel(HyLoPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         seq_len = inputs_embeds.shape[1]
         past = cache.get_seq_length() if cache is not None else 0
+        static = cache is not None and cache.static_keys is not None
+        if static:
+            # HyLoCache.static_step: positions live on the device (a replayed CUDA graph moves them on), and the
+            # attention layers read a fixed number of key slots, of which those up to the position hold tokens.
+            if seq_len != 1 or attention_mask is not None or position_ids is not None:
+                raise ValueError("a static step takes one token per sequence and neither attention_mask nor "
+                                 f"position_ids (got {seq_len} tokens)")
+            position_ids = cache.position[None]
         if position_ids is None:
             position_ids = torch.arange(past, past + seq_len, device=inputs_embeds.device)[None]
         if attention_mask is not None:
@@ -143,7 +151,11 @@ class HyLoModel(HyLoPreTrainedModel):
                 raise ValueError(f"attention_mask must be 2-D [batch, past + seq], got shape {tuple(attention_mask.shape)}")
             if bool(attention_mask.all()):
                 attention_mask = None
-        mask = AttentionMask(attention_mask)
+        if static:
+            slots = torch.arange(cache.static_keys, device=inputs_embeds.device)
+            mask = AttentionMask(None, valid_keys=slots <= cache.position)
+        else:
+            mask = AttentionMask(attention_mask)
 
         hidden_states = inputs_embeds
         mixer_kwargs = {

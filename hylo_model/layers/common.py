@@ -131,9 +131,13 @@ class AttentionMask:
     ``padding`` is the caller's 2-D mask ``[B, past + T]`` (1 = real token) or None. Attention and MLA build
     the lower-right causal mask against however many keys they hold; SDPA's own ``is_causal`` aligns top-left,
     which is wrong whenever queries are fewer than keys (a cached multi-token step).
+
+    ``valid_keys`` ``[S]`` bool is set instead in a static decode step (:meth:`HyLoCache.static_step`): one query
+    per sequence against ``S`` key slots of a preallocated cache, of which only those marked hold tokens.
     """
 
     padding: torch.Tensor | None
+    valid_keys: torch.Tensor | None = None
 
     def for_linear(self, seq_len: int) -> torch.Tensor | None:
         """``[B, T]`` bool of the current tokens, or None when nothing is padded."""
@@ -149,8 +153,14 @@ class AttentionMask:
           flash / memory-efficient kernels apply it without materialising a ``[q_len, kv_len]`` mask, so a
           segment of a million-token prompt costs memory in the segment, not the prompt (on CUDA; off CUDA
           :func:`sdpa` takes the key-blocked path for these steps instead);
-        * a bool mask ``[B, 1, q_len, kv_len]`` — padded batches (:func:`~hylo_model.ops.attention.causal_mask`).
+        * a bool mask ``[B, 1, q_len, kv_len]`` — padded batches (:func:`~hylo_model.ops.attention.causal_mask`);
+        * a bool mask ``[1, 1, 1, kv_len]`` — a static step (``valid_keys``).
         """
+        if self.valid_keys is not None:
+            if q_len != 1 or kv_len != self.valid_keys.shape[-1]:
+                raise ValueError(f"a static step has one query against {self.valid_keys.shape[-1]} key slots, "
+                                 f"got {q_len} queries and {kv_len} keys")
+            return self.valid_keys.view(1, 1, 1, kv_len)
         if self.padding is None:
             if q_len == kv_len or q_len == 1:
                 return None
@@ -183,10 +193,12 @@ def sdpa(
     multi-token steps go to :func:`~hylo_model.ops.attention.chunked_attention` (memory independent of S, see
     :func:`attends_in_blocks`) and the rest to SDPA's CPU kernels. For one query per sequence (decoding) with
     grouped heads, the query heads of a group are folded into the query axis, so K/V are read once per group
-    and never repeated in memory (what MQA/MLA decoding needs at long context)."""
+    and never repeated in memory (what MQA/MLA decoding needs at long context). A static step (``mask.valid_keys``)
+    always goes to SDPA: its query sits at a slot set on the device, not at the last key as the key-blocked path
+    assumes, and one query's scores are only ``[B, H, 1, S]``."""
     bsz, heads, q_len, _ = q.shape
     kv_heads, kv_len = v.shape[1], v.shape[2]
-    if attends_in_blocks(q, kv_len):
+    if mask.valid_keys is None and attends_in_blocks(q, kv_len):
         return chunked_attention(q, k, v, scale, valid=mask.keys(kv_len))
     if isinstance(k, tuple):
         k = torch.cat(k, dim=-1)
