@@ -8,7 +8,9 @@ Per (model, length): one-shot prefill for the teacher (SDPA, logits_to_keep=1), 
 hybrid cache for HyLo (``--segment`` tokens per forward), wall time and peak GPU memory, OOM recorded as OOM;
 decode tokens/s after prefill at the ``--decode-at`` lengths; cache bytes measured (the cache's tensors) vs
 predicted (``model.cache_bytes``). Random weights, bf16. Prints a markdown table (paste into RESULTS.md) and
-writes JSON to ``--out``.
+writes JSON to ``--out``. With ``--graphs``, HyLo rows also decode through ``GraphDecoder`` (CUDA graphs) after the
+eager decode, in the same run: ``decode_graph_tok_s`` beside ``decode_tok_s``, and the capture (warm-up included)
+timed apart as ``graph_capture_s``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import gc
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -112,9 +115,10 @@ def run_teacher(model, length: int, device: str, decode_tokens: int, decode: boo
 
 
 @torch.no_grad()
-def run_hylo(model, length: int, device: str, segment: int, decode_tokens: int, decode: bool) -> dict:
+def run_hylo(model, length: int, device: str, segment: int, decode_tokens: int, decode: bool,
+             graphs: bool = False) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (1, length), device=device)
-    cache = hylo_model.HyLoCache(model.config, max_length=length + decode_tokens + 1)
+    cache = hylo_model.HyLoCache(model.config, max_length=length + (2 if graphs else 1) * decode_tokens + 1)
     torch.cuda.reset_peak_memory_stats() if device.startswith("cuda") else None
     start = time.perf_counter()
     for begin in range(0, length, segment):
@@ -126,6 +130,18 @@ def run_hylo(model, length: int, device: str, segment: int, decode_tokens: int, 
         row["decode_tok_s"] = _decode(lambda t, c: model(t, cache=c, use_cache=True), cache, out.logits,
                                       decode_tokens, device)
         row["decode_bytes"] = _weight_bytes(model) + row["cache_bytes"]
+    if decode and graphs:
+        # Continues the same cache after the eager decode (its bucket serves every step of this run).
+        try:
+            decoder = hylo_model.GraphDecoder(model, cache)
+            start = time.perf_counter()
+            decoder.capture()
+            _sync(device)
+            row["graph_capture_s"] = time.perf_counter() - start
+            row["decode_graph_tok_s"] = _decode(lambda t, c: SimpleNamespace(logits=decoder.step(t)), cache,
+                                                out.logits, decode_tokens, device)
+        except RuntimeError as error:  # recorded, so the eager rows of the run survive a failed capture
+            row["graph_error"] = f"{type(error).__name__}: {error}"[:300]
     return row
 
 
@@ -182,6 +198,8 @@ def main() -> None:
     parser.add_argument("--decode-at", default="8k,128k")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--segment", default="32k")
+    parser.add_argument("--graphs", action="store_true",
+                        help="also decode HyLo rows with GraphDecoder (CUDA graphs), beside the eager decode")
     parser.add_argument("--no-teacher", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None)
@@ -224,12 +242,14 @@ def main() -> None:
     for index, code in enumerate(layouts):
         model = hylo_model_for(shape, code, device)
         name = _describe(code)
-        # Triton autotunes per input shape: warm the shortest row's segment and the full segment.
-        shapes = sorted({min(first_lengths if index == 0 else lengths), min(2 * segment, 65536)})
-        warm_up(lambda: [run_hylo(model, n, device, segment, 4, True) for n in shapes])
-        for length in first_lengths if index == 0 else lengths:
+        # Triton autotunes per input shape and per variant (a segment after the first carries state and a
+        # cache): warm the shortest row and two full segments (or the longest row, when it is shorter).
+        rows = first_lengths if index == 0 else lengths
+        shapes = sorted({min(rows), min(2 * segment, max(rows))})
+        warm_up(lambda: [run_hylo(model, n, device, segment, 4, True, args.graphs) for n in shapes])
+        for length in rows:
             record(name, length, lambda: run_hylo(model, length, device, segment, args.decode_tokens,
-                                                  length in decode_at))
+                                                  length in decode_at, args.graphs))
             if results[-1].get("oom"):
                 break
         model = None  # free it before the next layout is built
@@ -248,21 +268,25 @@ def _table(rows: list[dict], device: str, bandwidth: float) -> str:
     """Markdown rows; the roofline column is the decode step's floor (weights + cache bytes / measured bandwidth)
     over the measured step time: 100 % would be a step bound only by reading its bytes once."""
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    graphs = any("decode_graph_tok_s" in r for r in rows)
     lines = [f"card: {name}; measured copy bandwidth {bandwidth / 1e9:,.0f} GB/s", "",
              "| model | tokens | prefill s | prefill tok/s | peak GiB | cache MiB (measured / predicted) | "
-             "decode tok/s | decode ms (roofline ms, %) |", "|---|---|---|---|---|---|---|---|"]
+             "decode tok/s | decode ms (roofline ms, %) |" + (" graph decode tok/s (capture s) |" if graphs else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if graphs else "")]
     for r in rows:
         if r.get("oom"):
-            lines.append(f"| {r['model']} | {r['tokens']:,} | OOM | | | | | |")
+            lines.append(f"| {r['model']} | {r['tokens']:,} | OOM | | | | | |" + (" |" if graphs else ""))
             continue
         roof = ""
         if "decode_tok_s" in r:
             step, floor = 1e3 / r["decode_tok_s"], 1e3 * r["decode_bytes"] / bandwidth
             roof = f"{step:.1f} ({floor:.1f}, {100 * floor / step:.0f} %)"
+        graph = f" {r['decode_graph_tok_s']:.1f} ({r['graph_capture_s']:.2f}) |" if "decode_graph_tok_s" in r else " |"
         predicted = r.get("cache_bytes_predicted")
         cache = f"{r['cache_bytes'] / 2**20:,.1f}" + (f" / {predicted / 2**20:,.1f}" if predicted else "")
         lines.append(f"| {r['model']} | {r['tokens']:,} | {r['prefill_s']:.2f} | {r['tokens'] / r['prefill_s']:,.0f} "
-                     f"| {r['peak_gib']:.1f} | {cache} | {r.get('decode_tok_s', float('nan')):.1f} | {roof} |")
+                     f"| {r['peak_gib']:.1f} | {cache} | {r.get('decode_tok_s', float('nan')):.1f} | {roof} |"
+                     + (graph if graphs else ""))
     return "\n".join(lines)
 
 
