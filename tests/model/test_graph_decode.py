@@ -263,8 +263,6 @@ def _static_steps(decoder: GraphDecoder, tokens: torch.Tensor) -> torch.Tensor:
 def test_cuda_graph_replay_equals_static_step(path, rope_heads, batch):
     """bf16 on CUDA, fla's kernels ("fast") or the torch ops: replayed graphs == the eager static step, greedy
     tokens == the ordinary decode (but for bf16 near-ties), and an eager forward between graph steps is fine."""
-    if path == "fast" and not backend.has_module("fla.ops.gated_delta_rule"):
-        pytest.skip("fla is not importable")
     model = tiny_model(MIXED_LAYOUT, mla_rope_heads=rope_heads).cuda().to(torch.bfloat16)
     with backend.force_backend(path):
         graph_cache, first = _prefill(model, _prompt(batch).cuda(), MAX_LENGTH)
