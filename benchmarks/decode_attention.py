@@ -24,16 +24,13 @@ import time
 
 import torch
 import torch.nn.functional as F
+from long_context import hbm_bandwidth, parse_tokens
+from mixer_overhead import bench
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # (name, query heads folded per KV head, KV heads, qk dim, v dim): MLA r128 + 64 RoPE dims (Qwen3-1.7B-shape
 # layouts of benchmarks/long_context.py, value = the latent's first 128 dims); the teacher's GQA 16/8 × 128.
 CASES = [("MLA latent (absorbed)", 16, 1, 192, 192), ("GQA attention 16/8", 2, 8, 128, 128)]
-
-
-def parse_tokens(text: str) -> int:
-    text = text.strip().lower()
-    return int(float(text.rstrip("km")) * {"k": 1024, "m": 1024 * 1024}.get(text[-1], 1))
 
 
 def split_k(q, k, v, scale: float, splits: int, valid=None):
@@ -54,30 +51,13 @@ def split_k(q, k, v, scale: float, splits: int, valid=None):
     return ((out * rescale).sum(2) / (total * rescale).sum(2)).to(v.dtype)
 
 
-def timed(fn, device: str, repeats: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            began = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - began)
-    return sorted(times)[repeats // 2]
-
-
-def copy_bandwidth(device: str) -> float:
-    src = torch.empty(2**29 if device == "cuda" else 2**22, dtype=torch.bfloat16, device=device)
-    dst = torch.empty_like(src)
-    seconds = min(timed(lambda: dst.copy_(src), device, 10) for _ in range(2))
-    return 2 * src.numel() * src.element_size() / seconds
+def timed(fn, device: str) -> float:
+    """Seconds per call: the median of ``triton.testing.do_bench`` on CUDA (as mixer_overhead.py), one call off it."""
+    if device == "cuda":
+        return bench(fn) / 1e3
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
 
 
 def main() -> None:
@@ -88,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     device, dtype = args.device, torch.bfloat16
     lengths = [parse_tokens(x) for x in args.lengths.split(",")] if device == "cuda" else [1024, 4096]
-    bandwidth = copy_bandwidth(device)
+    bandwidth = hbm_bandwidth(device)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (script check, not a measurement)"
     print(f"{name}, torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:,.0f} GB/s; split-k {args.splits} blocks",
           flush=True)

@@ -151,7 +151,7 @@ def _weight_bytes(model) -> int:
 
 
 def hbm_bandwidth(device: str) -> float:
-    """Measured device-memory bandwidth in bytes/s: a 2 GiB device-to-device copy (read + write), best of 10."""
+    """Measured device-memory bandwidth in bytes/s: a 2 GiB device-to-device copy (read + write), best of 12."""
     if not device.startswith("cuda"):
         return float("nan")
     src = torch.empty(2**30, dtype=torch.bfloat16, device=device)
