@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import UsageError
+from .executors import run_all
 from .results import AUDIT, AUDIT_THRESHOLD, ranked_trials
 from .sensitivity import TABLE, read_table
 from .study import MEMORY_METRICS, LoadedStudy
@@ -68,11 +69,13 @@ def choose_layouts(loaded: LoadedStudy, trials: list[Any], count: int, seed: int
     from .sampler import repair
 
     space = loaded.space
-    done = [t for t in trials if t.state.name == "COMPLETE" and all(v <= 0 for v in t.constraints.values())]
+    # First-tier trials only: a promoted trial's numbers come from another tier and do not rank with them.
+    done = [t for t in trials if t.state.name == "COMPLETE" and all(v <= 0 for v in t.constraints.values())
+            and "promoted_from" not in t.user_attrs]
     ranked = list({t.user_attrs["layout"]: None for t in ranked_trials(done, loaded.directions)})
     if len(ranked) > count:
         ranked = [ranked[int(k)] for k in np.round(np.linspace(0, len(ranked) - 1, count))]
-    layouts = [code.split(",") for code in dict.fromkeys(ranked)]
+    layouts = [code.split(",") for code in ranked]
     rng = np.random.default_rng(seed)
     for _ in range(200 * count):
         if len(layouts) >= count or space.is_ablation:
@@ -86,12 +89,20 @@ def choose_layouts(loaded: LoadedStudy, trials: list[Any], count: int, seed: int
     return layouts[:count]
 
 
-def additive_estimates(folder: Path, tokens: list[str], metrics: list[str]) -> dict[str, float] | None:
-    """The library table's sum for a layout: ``proxy_kl`` = summed block KL; ``probe_accuracy@L`` (and
-    ``probe_accuracy`` when asked) = the teacher's probe score minus the summed probe drops at the table's length."""
+def library_rows(folder: Path) -> dict[tuple[int, str], dict[str, Any]] | None:
+    """The library table's rows by ``(layer, token)``, or None before the library exists."""
     if not (folder / TABLE).is_file():
         return None
-    rows = {(r["layer"], r["token"]): r for r in read_table(folder)["rows"]}
+    return {(r["layer"], r["token"]): r for r in read_table(folder)["rows"]}
+
+
+def additive_estimates(rows: dict[tuple[int, str], dict[str, Any]] | None, tokens: list[str],
+                       metrics: list[str]) -> dict[str, float] | None:
+    """The library table's sum for a layout (``rows`` from :func:`library_rows`): ``proxy_kl`` = summed block KL;
+    ``probe_accuracy@L`` (and ``probe_accuracy`` when asked) = the teacher's probe score minus the summed probe drops
+    at the table's length."""
+    if rows is None:
+        return None
     picked = [rows.get((i, t)) for i, t in enumerate(tokens) if t != "A"]
     if any(r is None for r in picked):
         return None
@@ -146,7 +157,7 @@ def run_audit(loaded: LoadedStudy, folder: Path, executor: Any, layouts: int, mu
                              f"{known_print} != {loaded.fingerprint()}); use another --out")
         trials = open_run(str(folder), storage).study.get_trials(deepcopy=False)
     chosen = choose_layouts(loaded, trials, layouts, loaded.definition.seed)
-    if any(kind == "assembled" for kind, _ in tiers) or loaded.uses_library():
+    if loaded.uses_library():
         summary = build_library(loaded, folder, executor, threads, report)
         if summary.failures:
             raise RuntimeError(f"the block library is incomplete: {'; '.join(summary.failures)}")
@@ -164,18 +175,13 @@ def run_audit(loaded: LoadedStudy, folder: Path, executor: Any, layouts: int, mu
     report("audit_started", {"layouts": len(chosen), "runs": len(jobs), "long": long})
     resolved, study_dir = loaded.resolved(), str(folder.resolve())
     records: dict[tuple[int, str], dict[str, Any]] = {}
-    pending, running = list(enumerate(jobs)), {}
-    while pending or running:
-        while pending and len(running) < executor.capacity:
-            number, (index, tier, config) = pending.pop(0)
-            executor.submit(number, TrialTask(resolved, study_dir, number, chosen[index], loaded.definition.seed,
-                                              threads=threads, proxy=config))
-            running[number] = (index, tier)
-        for number, record in executor.wait(timeout=5.0):
-            index, tier = running.pop(number)
-            records[(index, tier)] = record
-            report("audit_run", {"layout": ",".join(chosen[index]), "tier": tier, "record": record})
-    rows = []
+    work = [TrialTask(resolved, study_dir, number, chosen[index], loaded.definition.seed, threads=threads,
+                      proxy=config) for number, (index, _, config) in enumerate(jobs)]
+    for number, record in run_all(executor, work):
+        index, tier, _ = jobs[number]
+        records[(index, tier)] = record
+        report("audit_run", {"layout": ",".join(chosen[index]), "tier": tier, "record": record})
+    rows, table = [], library_rows(folder)
     for index, tokens in enumerate(chosen):
         code = ",".join(tokens)
         row: dict[str, Any] = {"layout": code, "cheap": {}, "long": None, "failures": {}}
@@ -187,7 +193,7 @@ def run_audit(loaded: LoadedStudy, folder: Path, executor: Any, layouts: int, mu
                 row["cheap"][tier] = record["metrics"]
             else:
                 row["failures"][tier] = record.get("failure")
-        additive = additive_estimates(folder, tokens, metrics)
+        additive = additive_estimates(table, tokens, metrics)
         if additive:
             row["cheap"][ADDITIVE] = additive
         record = records[(index, "long")]

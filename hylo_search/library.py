@@ -27,7 +27,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,10 @@ from typing import Any, Callable
 
 from .assembly import library_entries, token_order
 from .errors import UsageError
+from .executors import run_all
 from .layer_cache import MODEL_SOURCES, LayerCache, code_version, load_mixer, save_mixer
 from .objectives import recipe_data
+from .runs import atomic_write_text
 from .sensitivity import TABLE
 from .spaces import MIXER_OF_CODE
 from .study import StudyDef
@@ -213,9 +214,7 @@ class Library:
             scores = json.loads(sensitivity.read_text())
         else:
             scores = self._sensitivity(layer, token)
-            tmp = sensitivity.with_name(f".{sensitivity.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(scores))
-            os.replace(tmp, sensitivity)
+            atomic_write_text(sensitivity, json.dumps(scores))
         return {"layer": layer, "token": token, "mixer": MIXER_OF_CODE[token[0]],
                 "rank": int(token[1:]) if token[1:] else None, "key": path.stem, **scores,
                 "align_before": meta.get("align_before"), "align_after": meta.get("align_after"),
@@ -278,7 +277,6 @@ def build_library(loaded: Any, folder: Path, executor: Any, threads: int | None 
 
     Every task is submitted; a worker trains only the blocks whose file is missing and scores only the missing
     sensitivities, so a complete library costs one teacher load per worker and no training."""
-    from .runs import atomic_write_text
 
     report = report or (lambda event, info: None)
     align_recipe(loaded.definition)  # a recipe problem is a usage error, before any task
@@ -287,25 +285,19 @@ def build_library(loaded: Any, folder: Path, executor: Any, threads: int | None 
     resolved, study_dir = loaded.resolved(), str(folder.resolve())
     report("library_started", {"entries": len(entries), "tasks": len(tasks)})
     began = time.perf_counter()
-    pending = list(enumerate(tasks))
-    running: dict[int, tuple[str, list[int]]] = {}
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     steps = 0
-    while pending or running:
-        while pending and len(running) < executor.capacity:
-            number, (token, layers) = pending.pop(0)
-            executor.submit(number, LibraryTask(resolved, study_dir, token, layers, threads))
-            running[number] = (token, layers)
-        for number, record in executor.wait(timeout=5.0):
-            token, layers = running.pop(number)
-            if record.get("status") != "ok":
-                failures.append(f"{token} at layers {layers}: {record.get('failure', 'no result')}")
-                continue
-            rows += [{**row, "node": record.get("node")} for row in record["rows"]]
-            steps += record["optimizer_steps"]
-            report("library_task", {"token": token, "layers": layers, "trained": record["trained"],
-                                    "seconds": record.get("seconds")})
+    work = [LibraryTask(resolved, study_dir, token, layers, threads) for token, layers in tasks]
+    for number, record in run_all(executor, work):
+        token, layers = tasks[number]
+        if record.get("status") != "ok":
+            failures.append(f"{token} at layers {layers}: {record.get('failure', 'no result')}")
+            continue
+        rows += [{**row, "node": record.get("node")} for row in record["rows"]]
+        steps += record["optimizer_steps"]
+        report("library_task", {"token": token, "layers": layers, "trained": record["trained"],
+                                "seconds": record.get("seconds")})
     rows.sort(key=lambda r: (r["layer"], token_order(r["token"])))
     table = {"study": loaded.name, "fingerprint": loaded.fingerprint(), "teacher": loaded.definition.teacher,
              "target_length": loaded.definition.target_length, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

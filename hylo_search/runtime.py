@@ -87,7 +87,7 @@ class StudyRuntime:
         self._teacher_logprobs: list[torch.Tensor] | None = None
         self._documents: dict[tuple[int, int], torch.Tensor] = {}
         self._proxies: dict[str, Any] = {}
-        self.proxy = self.proxy_for(None)
+        self.proxy_for(None)  # the study's own proxy, built (and its options checked) up front
         self.probes = probe_class(self.definition.probes.kind)(self.definition.probes, self.definition)
         self.library = Library(self)
 
@@ -254,7 +254,6 @@ def run_trial(task: TrialTask) -> dict[str, Any]:
         with timed(timings, "setup_s"):
             runtime = StudyRuntime.get(task.study, task.study_dir)
             proxy_plugin = runtime.proxy_for(task.proxy)
-        record["tier"] = (task.proxy or {}).get("kind") or runtime.definition.proxy.kind
         ctx = TrialContext(runtime, list(task.tokens), task.seed, task.number, timings)
         with timed(timings, "proxy_s"):
             proxy: ProxyResult = proxy_plugin(ctx)

@@ -19,9 +19,9 @@ appear in a model this small):
 3. **long**: RULER ``niah_single_1/2``, ``niah_multikey_1`` probes from :mod:`hylo_search.probes` at lengths up to
    ``context`` (loss on the answer), mixed with the first two and essay text (next-token loss on every token).
 
-Deeper students of this recipe (3-6 layers) learned the copying stage 2-4x slower and did not reach useful recall
-at 1K within a CPU budget (measured on the way here: 4 layers, 5,300 GPU steps, 5-25 % at 512-2K tokens), hence two
-layers. Probe indices used in training start at 10**6; evaluation uses 0..samples-1, so they never overlap.
+Deeper students of this recipe (3-6 layers, trained on the lent H100 while choosing the shipped teacher; those
+runs are not kept as a benchmark) learned the copying stage markedly slower and did not reach useful recall at 1K
+within the budget a CPU rebuild allows, hence two layers. Probe indices used in training start at 10**6; evaluation uses 0..samples-1, so they never overlap.
 """
 
 from __future__ import annotations

@@ -57,11 +57,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"{loaded.name}: {summary.stop_reason}; {counts['complete']} completed, {counts['failed']} failed, "
           f"{counts['infeasible']} infeasible, {counts['duplicate']} duplicate proposals")
     print(f"front: trials {', '.join(map(str, summary.front)) or 'none yet'}")
-    from ..results import audit_warnings
+    if summary.front:
+        pick = _print_front(summary, _ref(args, loaded))  # the front table ends with the audit's warnings
+    else:
+        from ..results import audit_warnings
 
-    for warning in audit_warnings(summary.folder):
-        print(f"warning: {warning}")
-    pick = _print_front(summary, _ref(args, loaded)) if summary.front else None
+        pick = None
+        for warning in audit_warnings(summary.folder):
+            print(f"warning: {warning}")
     print(f"  table: {summary.folder / 'trials.parquet'}    hylo-search pareto {_ref(args, loaded)}")
     if pick is not None:
         print(f"  hylo-search export {_ref(args, loaded)} --trial {pick}")

@@ -10,7 +10,7 @@ Ray task with those resources, on a cluster it starts or joins (``--address``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 EXECUTORS = ("local", "ray")
 
@@ -26,6 +26,19 @@ def make_executor(name: str, loaded: Any, address: str | None = None) -> Any:
 
         return RayExecutor(resources, address, loaded.definition.executor.max_concurrent)
     raise ValueError(f"unknown executor {name!r}; allowed: {', '.join(EXECUTORS)}")
+
+
+def run_all(executor: Any, tasks: Iterable[Any], poll: float = 5.0) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Submit ``tasks`` (numbered from 0 in order), at most ``executor.capacity`` at a time, and yield
+    ``(number, record)`` as each finishes."""
+    pending, running = list(enumerate(tasks)), 0
+    while pending or running:
+        while pending and running < executor.capacity:
+            executor.submit(*pending.pop(0))
+            running += 1
+        for number, record in executor.wait(timeout=poll):
+            running -= 1
+            yield number, record
 
 
 def worker_threads(loaded: Any, name: str) -> int | None:

@@ -110,7 +110,7 @@ def test_the_sensitivity_table_scores_each_block_alone(built):
     assert kl == pytest.approx(rows[3]["kl"])
 
 
-def test_assembled_scoring_trains_nothing_and_is_faster_than_the_proxy(built):
+def test_assembled_scoring_trains_nothing_and_uses_the_library_blocks(built):
     loaded, folder, _, _ = built
     runtime = StudyRuntime.get(loaded.resolved(), str((folder / "run").resolve()))
     layout = ["A", "G", "L8", "G"]
