@@ -450,11 +450,9 @@ class _Driver:
             params=parent.params, distributions=parent.distributions, user_attrs=attrs,
             constraints=dict(parent.constraints))
         self.study.add_trial(frozen)
-        write_trials_table(self.study, self.options.folder / "trials.parquet", self.loaded.metrics)
-        counts = trial_counts(self.study)
-        counts["running"] = self._busy()
-        counts["front"] = len(pareto_front(self.study))
-        self.report("trial", {"trial": self.study.trials[-1], "counts": counts})
+        # The stored trial (numbered by the storage), found by its parent: another driver may share the storage.
+        self._reported(next(t for t in reversed(self.study.get_trials(deepcopy=False))
+                            if t.user_attrs.get("promoted_from") == parent.number))
 
     def _finish(self, trial: optuna.Trial, values: list[float] | None = None, state: TrialState | None = None) -> None:
         try:
@@ -465,8 +463,11 @@ class _Driver:
             if "Study.stop" not in str(error):
                 raise
             self.exhausted = True
+        self._reported(self.study._storage.get_trial(trial._trial_id))
+
+    def _reported(self, frozen: FrozenTrial) -> None:
+        """After a trial is stored: the trials table rewritten, and the trial reported with the study's counts."""
         write_trials_table(self.study, self.options.folder / "trials.parquet", self.loaded.metrics)
-        frozen = self.study._storage.get_trial(trial._trial_id)
         counts = trial_counts(self.study)
         counts["running"] = self._busy()
         counts["front"] = len(pareto_front(self.study))

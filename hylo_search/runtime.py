@@ -221,36 +221,44 @@ def run_task(task: TrialTask | LibraryTask) -> dict[str, Any]:
     return run_trial(task)
 
 
-def run_library_task(task: LibraryTask) -> dict[str, Any]:
-    """Train the missing blocks of ``task`` and score their sensitivity; failures are records."""
-    if task.threads:
-        torch.set_num_threads(task.threads)
-    record: dict[str, Any] = {"token": task.token, "layers": task.layers, "host": platform.node(),
-                              "node": _node_id(), "status": "fail"}
-    began = time.perf_counter()
+@contextmanager
+def _worker(record: dict[str, Any], threads: int | None) -> Iterator[None]:
+    """The worker side of every task: its torch threads, where it ran, and any failure stored in the record as
+    ``failure`` (``oom:`` / ``nan:`` / ``exception:``, with the traceback's tail) instead of raised — one failed task
+    must not stop the study (the driver reports it)."""
+    if threads:
+        torch.set_num_threads(threads)
+    record.update(host=platform.node(), pid=os.getpid(), node=_node_id(), status="fail")
     try:
-        runtime = StudyRuntime.get(task.study, task.study_dir)
-        record.update(runtime.library.build(task.token, list(task.layers)), status="ok")
+        yield
     except torch.OutOfMemoryError as error:
         record["failure"] = f"oom: {str(error).splitlines()[0] if str(error) else 'out of memory'}"
-    except Exception as error:  # noqa: BLE001 — the driver reports every failed share together
-        record["failure"] = f"{type(error).__name__}: {error}"
+    except Exception as error:  # noqa: BLE001
+        # The training code reports a diverged run as NonFiniteLossError: that is a NaN failure, not a bug.
+        kind = "nan" if "NonFinite" in type(error).__name__ else "exception"
+        record["failure"] = f"{kind}: {type(error).__name__}: {error}"
         record["traceback"] = "".join(traceback.format_exc().splitlines(keepends=True)[-12:])
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def run_library_task(task: LibraryTask) -> dict[str, Any]:
+    """Train the missing blocks of ``task`` and score their sensitivity; failures are records."""
+    record: dict[str, Any] = {"token": task.token, "layers": task.layers}
+    began = time.perf_counter()
+    with _worker(record, task.threads):
+        runtime = StudyRuntime.get(task.study, task.study_dir)
+        record.update(runtime.library.build(task.token, list(task.layers)), status="ok")
     record["seconds"] = round(time.perf_counter() - began, 4)
     return record
 
 
 def run_trial(task: TrialTask) -> dict[str, Any]:
     """Run one trial (upcycle -> proxy -> probes) and return its record; failures are records, not exceptions."""
-    if task.threads:
-        torch.set_num_threads(task.threads)
-    record: dict[str, Any] = {"number": task.number, "host": platform.node(), "pid": os.getpid(),
-                              "node": _node_id(), "status": "fail"}
+    record: dict[str, Any] = {"number": task.number}
     timings: dict[str, float] = {}
-    try:
+    with _worker(record, task.threads):
         with timed(timings, "setup_s"):
             runtime = StudyRuntime.get(task.study, task.study_dir)
             proxy_plugin = runtime.proxy_for(task.proxy)
@@ -270,16 +278,6 @@ def run_trial(task: TrialTask) -> dict[str, Any]:
             record["failure"] = f"nan: {', '.join(bad)} not finite"
         else:
             record["status"] = "ok"
-    except torch.OutOfMemoryError as error:
-        record["failure"] = f"oom: {str(error).splitlines()[0] if str(error) else 'out of memory'}"
-    except Exception as error:  # noqa: BLE001 — any failure of one trial must not stop the study
-        # The training code reports a diverged run as NonFiniteLossError: that is a NaN failure, not a bug.
-        kind = "nan" if "NonFinite" in type(error).__name__ else "exception"
-        record["failure"] = f"{kind}: {type(error).__name__}: {error}"
-        record["traceback"] = "".join(traceback.format_exc().splitlines(keepends=True)[-12:])
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
     record["timings"] = timings
     return record
 
