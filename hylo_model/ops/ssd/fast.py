@@ -45,7 +45,7 @@ def simple_gla_inputs(
     nheads = x.shape[2]
     q = expand_groups(C, nheads).to(x.dtype)
     k = expand_groups(B, nheads).to(x.dtype)
-    v = (x.float() * dt.float()[..., None]).to(x.dtype)
+    v = _rounded(torch.mul, x, dt.float()[..., None], like=x)
     g = dt.float() * A.float()
     h0 = None if initial_state is None else initial_state.float().transpose(-1, -2).contiguous()
     return q, k, v, g, h0
@@ -75,11 +75,18 @@ def ssd_fla(
     q, k, v, g, h0 = simple_gla_inputs(x.float() if recurrent else x, dt, A, B, C, initial_state)
     kernel = fused_recurrent_simple_gla if recurrent else chunk_simple_gla
     o, ht = kernel(q, k, v, g=g, scale=1.0, initial_state=h0, output_final_state=output_final_state)
-    y = o.float()
-    if D is not None:
-        y = y + D.float()[:, None] * x.float()
+    y = o.to(x.dtype) if D is None else _rounded(torch.addcmul, o, x, D.float()[:, None], like=x)
     final_state = None if ht is None else ht.float().transpose(-1, -2).contiguous()
     return y.to(x.dtype), final_state
+
+
+def _rounded(op, *args: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``op(*args)`` computed in float32 (the float32 argument promotes the others inside the kernel) and rounded
+    once to ``like.dtype``: one elementwise kernel without autograd (``out=``), two with it. Both equal upcasting
+    every input first, to the bit, without writing float32 copies of ``[b, T, H, P]`` tensors."""
+    if torch.is_grad_enabled() and any(a.requires_grad for a in args):
+        return op(*args).to(like.dtype)
+    return op(*args, out=torch.empty_like(like))
 
 
 def ssd_mamba(
