@@ -9,7 +9,8 @@ run on a handful of thread blocks however long S is. This script times, on the s
 
 * ``sdpa``: what ``hylo_model.layers.common.sdpa`` calls for an eager decode step (flash / memory-efficient, no mask);
 * ``sdpa+mask``: the same with the static step's key-slot mask (what a ``GraphDecoder`` graph replays);
-* ``math``: scores by one GEMM, float32 softmax, one GEMM (cuBLAS spreads both over the keys);
+* ``attend_slots``: what a static step runs now (``hylo_model.layers.common.attend_slots``): float32 scores by one
+  batched GEMM, masked float32 softmax, one GEMM (cuBLAS spreads both over the keys);
 * ``split-k``: flash-decoding in PyTorch — keys in ``--splits`` blocks attended in parallel, merged by their
   log-sum-exp;
 
@@ -28,9 +29,13 @@ from long_context import hbm_bandwidth, parse_tokens
 from mixer_overhead import bench
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from hylo_model.layers.common import attend_slots
+
 # (name, query heads folded per KV head, KV heads, qk dim, v dim): MLA r128 + 64 RoPE dims (Qwen3-1.7B-shape
-# layouts of benchmarks/long_context.py, value = the latent's first 128 dims); the teacher's GQA 16/8 × 128.
-CASES = [("MLA latent (absorbed)", 16, 1, 192, 192), ("GQA attention 16/8", 2, 8, 128, 128)]
+# layouts of benchmarks/long_context.py, value = the latent's first 128 dims); the teachers' GQA: Qwen3-1.7B's
+# 16/8 × 128 and Llama-3.2-1B's 32/8 × 64.
+CASES = [("MLA latent (absorbed)", 16, 1, 192, 192), ("GQA attention 16/8", 2, 8, 128, 128),
+         ("GQA attention 32/8 × 64 (Llama-3.2-1B)", 4, 8, 64, 64)]
 
 
 def split_k(q, k, v, scale: float, splits: int, valid=None):
@@ -72,7 +77,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (script check, not a measurement)"
     print(f"{name}, torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:,.0f} GB/s; split-k {args.splits} blocks",
           flush=True)
-    print("| case | keys | sdpa ms | sdpa+mask ms | math ms | split-k ms | best GB/s (% of copy) | split-k max rel. err |")
+    print("| case | keys | sdpa ms | sdpa+mask ms | attend_slots ms | split-k ms | best GB/s (% of copy) | split-k max rel. err |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
     no_cudnn = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     for case, groups, kv_heads, dqk, dv in CASES:
@@ -94,16 +99,15 @@ def main() -> None:
                 with sdpa_kernel(no_cudnn):
                     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
-            def math():
-                scores = (q @ k.transpose(-1, -2)).float() * scale
-                return scores.masked_fill(~mask, float("-inf")).softmax(-1).to(dtype) @ v
+            def slots():
+                return attend_slots(q, k, v, valid, scale)
 
             def split():
                 return split_k(q, k, v, scale, args.splits, valid)
 
-            reference = math().float()
+            reference = slots().float()
             error = ((split().float() - reference).abs().max() / reference.abs().max()).item()
-            ms = [1e3 * timed(fn, device) for fn in (eager, masked, math, split)]
+            ms = [1e3 * timed(fn, device) for fn in (eager, masked, slots, split)]
             read = k.numel() * k.element_size() + (0 if dv == dqk else v.numel() * v.element_size())
             best = read / (min(ms) / 1e3)
             print(f"| {case} | {keys:,} | {ms[0]:.3f} | {ms[1]:.3f} | {ms[2]:.3f} | {ms[3]:.3f} | "

@@ -16,6 +16,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ..ops import backend
 from ..ops.attention import BLOCK_SIZE, causal_mask, chunked_attention
+from ..ops.norm import gated_rms_norm, rms_norm
 
 
 def decay_init(heads: int, low: float, *, like: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,7 +30,8 @@ def decay_init(heads: int, low: float, *, like: torch.Tensor | None = None) -> t
 
 
 class RMSNorm(nn.Module):
-    """Llama/Qwen RMSNorm (float32 statistics, weight applied in the input dtype)."""
+    """Llama/Qwen RMSNorm (float32 statistics, weight applied in the input dtype); fused on CUDA
+    (:mod:`hylo_model.ops.norm`)."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -37,10 +39,7 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x.to(dtype)
+        return rms_norm(x, self.weight, self.variance_epsilon)
 
 
 class GatedRMSNorm(nn.Module):
@@ -55,17 +54,7 @@ class GatedRMSNorm(nn.Module):
         self.norm_before_gate = norm_before_gate
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x, z = x.float(), z.float()
-        if not self.norm_before_gate:
-            x = x * F.silu(z)
-        shape = x.shape
-        x = x.reshape(*shape[:-1], shape[-1] // self.group_size, self.group_size)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        x = x.reshape(shape) * self.weight.float()
-        if self.norm_before_gate:
-            x = x * F.silu(z)
-        return x.to(dtype)
+        return gated_rms_norm(x, z, self.weight, self.eps, self.group_size, self.norm_before_gate)
 
 
 def rope_frequencies(config, dim: int | None = None) -> tuple[torch.Tensor, float]:
@@ -154,18 +143,21 @@ class AttentionMask:
           segment of a million-token prompt costs memory in the segment, not the prompt (on CUDA; off CUDA
           :func:`sdpa` takes the key-blocked path for these steps instead);
         * a bool mask ``[B, 1, q_len, kv_len]`` — padded batches (:func:`~hylo_model.ops.attention.causal_mask`);
-        * a bool mask ``[1, 1, 1, kv_len]`` — a static step (``valid_keys``).
         """
         if self.valid_keys is not None:
-            if q_len != 1 or kv_len != self.valid_keys.shape[-1]:
-                raise ValueError(f"a static step has one query against {self.valid_keys.shape[-1]} key slots, "
-                                 f"got {q_len} queries and {kv_len} keys")
-            return self.valid_keys.view(1, 1, 1, kv_len)
+            raise ValueError("a static step's key slots go to attend_slots, not SDPA (see sdpa)")
         if self.padding is None:
             if q_len == kv_len or q_len == 1:
                 return None
             return causal_lower_right(q_len, kv_len)
         return causal_mask(self.keys(kv_len), kv_len - q_len, kv_len, 0, kv_len, device)[:, None]
+
+    def slots(self, q_len: int, kv_len: int) -> torch.Tensor:
+        """A static step's ``valid_keys``, checked against one query per sequence and ``kv_len`` key slots."""
+        if q_len != 1 or kv_len != self.valid_keys.shape[-1]:
+            raise ValueError(f"a static step has one query against {self.valid_keys.shape[-1]} key slots, "
+                             f"got {q_len} queries and {kv_len} keys")
+        return self.valid_keys
 
     def keys(self, kv_len: int) -> torch.Tensor | None:
         """``[B, kv_len]`` padding of the keys (1 = real token), or None when nothing is padded."""
@@ -194,8 +186,8 @@ def sdpa(
     :func:`attends_in_blocks`) and the rest to SDPA's CPU kernels. For one query per sequence (decoding) with
     grouped heads, the query heads of a group are folded into the query axis, so K/V are read once per group
     and never repeated in memory (what MQA/MLA decoding needs at long context). A static step (``mask.valid_keys``)
-    always goes to SDPA: its query sits at a slot set on the device, not at the last key as the key-blocked path
-    assumes, and one query's scores are only ``[B, H, 1, S]``."""
+    goes to :func:`attend_slots` on every device: its query sits at a slot set on the device, not at the last key
+    as the key-blocked path assumes, and one query's scores are only ``[B, H, 1, S]``."""
     bsz, heads, q_len, _ = q.shape
     kv_heads, kv_len = v.shape[1], v.shape[2]
     if mask.valid_keys is None and attends_in_blocks(q, kv_len):
@@ -203,6 +195,10 @@ def sdpa(
     if isinstance(k, tuple):
         k = torch.cat(k, dim=-1)
     groups = heads // kv_heads
+    if mask.valid_keys is not None:
+        valid = mask.slots(q_len, kv_len)
+        q = q.reshape(bsz, kv_heads, groups, q.shape[-1])
+        return attend_slots(q, k, v, valid, scale).reshape(bsz, heads, q_len, v.shape[-1])
     attn_mask = mask.for_sdpa(q_len, kv_len, q.device)
     explicit = attn_mask is not None and not isinstance(attn_mask, CausalBias)
     fold = groups > 1 and (q_len == 1 and kv_len > 1 or explicit)
@@ -217,6 +213,27 @@ def sdpa(
             attn_mask = attn_mask.repeat(1, 1, groups, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     return out.reshape(bsz, heads, q_len, v.shape[-1])
+
+
+def attend_slots(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """A static decode step's attention: q ``[B, Hk, G, D]`` (the G query heads of each KV head folded together)
+    against the key slots k ``[B, Hk, S, D]`` / v ``[B, Hk, S, Dv]``, of which ``valid`` ``[S]`` hold tokens.
+    Returns ``[B, Hk, G, Dv]``.
+
+    Two batched GEMMs around a float32 softmax, as flash kernels round: float32 scores (cuBLAS writes them from
+    16-bit inputs directly), probabilities rounded to the value dtype for the second GEMM. Not SDPA: with a mask it
+    can only take its memory-efficient kernel, which covers one query per head with a single block of threads,
+    55 ms for a 1M-slot MLA step on an H100 against ~1 ms here (``benchmarks/decode_attention.py``)."""
+    bsz, kv_heads, groups, dim = q.shape
+    q3, k3, v3 = q.reshape(-1, groups, dim), k.reshape(-1, k.shape[2], dim), v.reshape(-1, v.shape[2], v.shape[-1])
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        scores = torch.bmm(q3, k3.transpose(1, 2), out_dtype=torch.float32)
+    else:
+        scores = torch.bmm(q3.float(), k3.float().transpose(1, 2))
+    weights = scores.mul_(scale).masked_fill_(~valid, float("-inf")).softmax(-1)
+    return torch.bmm(weights.to(v.dtype), v3).view(bsz, kv_heads, groups, v.shape[-1])
 
 
 # Up to this many queries per call, CUDA SDPA skips the cuDNN backend. cuDNN builds (and caches) an execution graph

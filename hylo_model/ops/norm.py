@@ -1,0 +1,62 @@
+"""RMSNorm and gated RMSNorm: the Llama/Qwen and mamba_ssm/fla formulas in PyTorch (the reference, any device) and
+fla's fused Triton kernels on CUDA (one pass over the activations instead of a float32 copy per elementwise step:
+at 128K tokens × 2048 channels the PyTorch form moves ~10 GB per norm).
+
+Rounding differs by at most one step of the output dtype: the fused kernels round once, after the weight; the
+Llama/Qwen formula rounds the normalised activations to the input dtype before the weight multiplies them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import backend
+
+__all__ = ["rms_norm", "rms_norm_torch", "gated_rms_norm", "gated_rms_norm_torch"]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight * (x / rms(x))`` over the last dim, statistics in float32; the output dtype is ``x``'s and
+    ``weight``'s promoted (what transformers' Llama/Qwen RMSNorm returns). The fused kernel serves the case where
+    both have one dtype; a float32 weight on bf16 activations keeps the PyTorch path and its float32 output."""
+    if weight.dtype == x.dtype and backend.use_fast("rms_norm", x, "fla.modules.norm"):
+        from fla.modules.norm.layernorm import rms_norm as fla_rms_norm
+
+        return fla_rms_norm(x, weight, None, eps=eps)
+    return rms_norm_torch(x, weight, eps)
+
+
+def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def gated_rms_norm(
+    x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float, group_size: int, norm_before_gate: bool
+) -> torch.Tensor:
+    """``rmsnorm(x * silu(z))`` per group of ``group_size`` channels (mamba_ssm's RMSNormGated), or
+    ``rmsnorm(x) * silu(z)`` with ``norm_before_gate`` (fla's FusedRMSNormGated); float32 inside, ``x.dtype`` out."""
+    if backend.use_fast("gated_rms_norm", x, "fla.modules.norm"):
+        from fla.modules.norm.layernorm_gated import rmsnorm_fn
+
+        return rmsnorm_fn(x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
+    return gated_rms_norm_torch(x, z, weight, eps, group_size, norm_before_gate)
+
+
+def gated_rms_norm_torch(
+    x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float, group_size: int, norm_before_gate: bool
+) -> torch.Tensor:
+    dtype = x.dtype
+    x, z = x.float(), z.float()
+    if not norm_before_gate:
+        x = x * F.silu(z)
+    shape = x.shape
+    x = x.reshape(*shape[:-1], shape[-1] // group_size, group_size)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    x = x.reshape(shape) * weight.float()
+    if norm_before_gate:
+        x = x * F.silu(z)
+    return x.to(dtype)

@@ -1,0 +1,96 @@
+"""RMSNorm and gated RMSNorm: the torch path against transformers' and mamba_ssm's formulas (exact), a static
+decode step's attention against SDPA, and (on CUDA) fla's fused norm kernels against the float32 torch path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from hylo_model.layers.common import attend_slots
+from hylo_model.ops import backend
+from hylo_model.ops.norm import gated_rms_norm, rms_norm
+
+# (group_size, norm_before_gate): GDN's per-head norm then gate; Mamba2's gate then norm per group.
+GATED_CASES = [(128, True), (256, False), (1024, False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_equals_transformers_llama(dtype):
+    """The torch path is the teacher's own RMSNorm to the bit (the upcycled student starts at the teacher)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 64, dtype=dtype) * 3
+    reference = LlamaRMSNorm(64, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        reference.weight.copy_(torch.randn(64))
+    with backend.force_backend("torch"):
+        assert torch.equal(rms_norm(x, reference.weight, 1e-6), reference(x))
+
+
+@pytest.mark.parametrize("group_size, norm_before_gate", GATED_CASES)
+def test_gated_rms_norm_formula(group_size, norm_before_gate):
+    """float64 formula: mamba_ssm's RMSNormGated (gate, then norm per group) or fla's (norm, then gate)."""
+    torch.manual_seed(0)
+    x, z = torch.randn(2, 5, 1024, dtype=torch.float64), torch.randn(2, 5, 1024, dtype=torch.float64)
+    weight = torch.randn(1024, dtype=torch.float64)
+    gated = x * F.silu(z) if not norm_before_gate else x
+    groups = gated.view(2, 5, -1, group_size)
+    normed = (groups / groups.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()).view(2, 5, 1024) * weight
+    expected = normed * F.silu(z) if norm_before_gate else normed
+    with backend.force_backend("torch"):
+        got = gated_rms_norm(x.float(), z.float(), weight.float(), 1e-6, group_size, norm_before_gate)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_attend_slots_equals_sdpa_over_the_valid_slots(groups):
+    """A static step's attention over S slots == SDPA over the slots that hold tokens (float32, any batch)."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, groups, 16)
+    k, v = torch.randn(2, 3, 40, 16), torch.randn(2, 3, 40, 8)
+    valid = torch.arange(40) < 29
+    expected = F.scaled_dot_product_attention(q, k[:, :, :29], v[:, :, :29], scale=0.3)
+    torch.testing.assert_close(attend_slots(q, k, v, valid, 0.3), expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------- CUDA
+def _grads(fn, *tensors):
+    tensors = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*tensors)
+    gen = torch.Generator(device=out.device).manual_seed(1)
+    (out.float() * torch.randn(out.shape, generator=gen, device=out.device)).sum().backward()
+    return out, [t.grad for t in tensors]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype, forward_tol, grad_tol", [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 1e-2, 4e-2)])
+@pytest.mark.parametrize("case", ["plain"] + [f"gated-{g}-{'before' if b else 'after'}" for g, b in GATED_CASES])
+def test_fused_norms_match_torch(case, dtype, forward_tol, grad_tol):
+    """fla's fused kernels (forward and backward) == the float32 torch path, relative error within the bounds."""
+    assert backend.has_module("fla.modules.norm"), "fla.modules.norm does not import (pip install 'hylo-search[gpu]')"
+    torch.manual_seed(0)
+    x, z = torch.randn(2, 1000, 2048, device="cuda") * 2, torch.randn(2, 1000, 2048, device="cuda")
+    weight = torch.randn(2048, device="cuda")
+    if case == "plain":
+        def fn(x, z, weight):
+            return rms_norm(x, weight, 1e-6) * z
+    else:
+        _, size, order = case.split("-")
+
+        def fn(x, z, weight):
+            return gated_rms_norm(x, z, weight, 1e-6, int(size), order == "before")
+
+    with backend.force_backend("torch"):
+        ref, ref_grads = _grads(fn, x, z, weight)
+    with backend.force_backend("fast"):
+        out, grads = _grads(fn, x.to(dtype), z.to(dtype), weight.to(dtype))
+    assert out.dtype == dtype
+    errors = [_rel(out, ref)] + [_rel(g, r) for g, r in zip(grads, ref_grads)]
+    print(f"\n{case} {dtype}: output, dx, dz, dweight relative errors {errors}")
+    assert errors[0] < forward_tol and max(errors[1:]) < grad_tol, errors
