@@ -243,9 +243,9 @@ class HyLoCache:
         """What a static step reads and writes, by ``(layer, name)``: every preallocated buffer, every linear
         state, and ``(-1, "position")``."""
         tensors = {} if self._position is None else {(-1, "position"): self._position}
-        for i, (entry, buffers) in enumerate(zip(self.layers, self._buffers)):
+        for i, (entry, buffers, linear) in enumerate(zip(self.layers, self._buffers, self.is_linear)):
             tensors.update({(i, name): buffer for name, buffer in buffers.items()})
-            if self.mixers[i] in ("mamba2", "gdn"):
+            if linear:
                 tensors.update({(i, name): state for name, state in entry.items()})
         return tensors
 

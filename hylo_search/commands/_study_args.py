@@ -18,9 +18,9 @@ def add_study_arguments(parser: argparse.ArgumentParser, storage_help: str | Non
     parser.add_argument("--seed", type=int, default=None, help="override the study's seed")
 
 
-def with_executor(args: argparse.Namespace, work: Callable[..., Any]) -> tuple[Any, Any, Any]:
+def with_executor(args: argparse.Namespace, work: Callable[..., Any]) -> tuple[Any, Any]:
     """Load the study, open its executor (``--executor`` / ``--address`` over the YAML's), call
-    ``work(loaded, folder, executor, threads, executor_name)`` and close the executor. Returns ``(loaded, folder,
+    ``work(loaded, folder, executor, threads, executor_name)`` and close the executor. Returns ``(folder,
     result)``."""
     from ..executors import make_executor, worker_threads
     from ..runs import study_dir
@@ -31,6 +31,6 @@ def with_executor(args: argparse.Namespace, work: Callable[..., Any]) -> tuple[A
     name = args.executor or loaded.definition.executor.name
     executor = make_executor(name, loaded, args.address or loaded.definition.executor.address)
     try:
-        return loaded, folder, work(loaded, folder, executor, worker_threads(loaded, name), name)
+        return folder, work(loaded, folder, executor, worker_threads(loaded, name), name)
     finally:
         executor.close()

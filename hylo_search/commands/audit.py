@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             shown = record.get("failure") or ", ".join(f"{k}={v:.4g}" for k, v in sorted(record["metrics"].items()))
             console.print(f"  {info['layout']:<24} {info['tier']:<10} {shown}")
 
-    _, folder, result = with_executor(args, lambda loaded, folder, executor, threads, _: run_audit(
+    folder, result = with_executor(args, lambda loaded, folder, executor, threads, _: run_audit(
         loaded, folder, executor, args.layouts, args.budget_multiplier, args.storage, threads, report))
     console.print(format_audit(result))
     console.print(f"written to {folder / 'audit.json'}")

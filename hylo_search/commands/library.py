@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
         return build_library(loaded, folder, executor, threads, report)
 
-    _, folder, summary = with_executor(args, work)
+    folder, summary = with_executor(args, work)
     console.print(f"{summary.entries} blocks: {summary.trained} trained, {summary.reused} reused, "
                   f"{summary.optimizer_steps} optimizer steps, {summary.seconds:.1f} s; table {summary.path}")
     for failure in summary.failures:

@@ -77,7 +77,7 @@ def ssd_fla(
     o, ht = kernel(q, k, v, g=g, scale=1.0, initial_state=h0, output_final_state=output_final_state)
     y = o.to(x.dtype) if D is None else _rounded(torch.addcmul, o, x, D.float()[:, None], like=x)
     final_state = None if ht is None else ht.float().transpose(-1, -2).contiguous()
-    return y.to(x.dtype), final_state
+    return y, final_state
 
 
 def _rounded(op, *args: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
