@@ -10,10 +10,12 @@ Layout::
     OUT/final/                           the trained student + tokenizer (AutoModelForCausalLM loads it)
     OUT/result.json                      per-stage losses and held-out metrics
 
-Every checkpoint is written to a hidden sibling folder and renamed into place once complete, so a run killed
-at any moment leaves either the previous checkpoint or the new one, never half of one; rerunning the same command
-resumes from the newest. Optimizer, scheduler and RNG states go through ``torch.save`` and come back through
-``torch.load(weights_only=True)``; the rest of the trainer state (step, data position, losses) is JSON.
+Every checkpoint and the final model are written to a hidden sibling folder and renamed into place once complete
+(:mod:`hylo_model.saving`: a marker file, remote-code files for ``trust_remote_code=True``, normal permissions; only
+a folder carrying the same kind's marker is ever replaced), so a run killed at any moment leaves either the previous
+checkpoint or the new one, never half of one; rerunning the same command resumes from the newest. Optimizer,
+scheduler and RNG states go through ``torch.save`` and come back through ``torch.load(weights_only=True)``; the rest
+of the trainer state (step, data position, losses) is JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from ..saving import check_output, finish_folder, install_folder
 
 STATE_FILE = "trainer_state.json"
 
@@ -164,6 +168,8 @@ class RunDir:
         and every process's RNG state are kept; a stage end keeps the model and trainer state only."""
         final = self.stage_folder(stage_index, stage_name) / f"step-{step:07d}"
         tmp = final.with_name(f".tmp-{final.name}")
+        # Every process checks (nothing written yet), so all raise together and none waits at a barrier.
+        check_output(final, "checkpoint", overwrite=True)
         if self.main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -178,11 +184,8 @@ class RunDir:
             torch.save(rng_state(), tmp / f"rng-{self.accelerator.process_index}.pt")
         self.accelerator.wait_for_everyone()
         if self.main:
-            _fsync_tree(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            finish_folder(tmp, "checkpoint")
+            install_folder(tmp, final, "checkpoint", overwrite=True)
         self.accelerator.wait_for_everyone()
         return final
 
@@ -206,7 +209,9 @@ class RunDir:
             for ref in live:
                 if ref not in fresh:
                     shutil.rmtree(ref.path, ignore_errors=True)
-            for tmp in (self.root / "checkpoints").glob("*/.tmp-*"):
+            # Left by a run killed mid-save: unfinished folders, and previous checkpoints renamed aside.
+            stages = self.root / "checkpoints"
+            for tmp in [*stages.glob("*/.tmp-*"), *stages.glob("*/.step-*.old-*")]:
                 shutil.rmtree(tmp, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
@@ -227,6 +232,8 @@ class RunDir:
 
     def write_final(self, model: torch.nn.Module, tokenizer: Any, result: dict[str, Any]) -> Path:
         final = self.root / "final"
+        # Only a previous final model of this run is replaced (a rerun killed before result.json was written).
+        check_output(final, "final", overwrite=True)
         if self.main:
             tmp = self.root / ".tmp-final"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -234,10 +241,8 @@ class RunDir:
                 model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-            _fsync_tree(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            finish_folder(tmp, "final")
+            install_folder(tmp, final, "final", overwrite=True)
             _atomic_text(self.root / "result.json", json.dumps(result, indent=2))
         self.accelerator.wait_for_everyone()
         return final
@@ -254,25 +259,6 @@ def _atomic_text(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for file in folder.iterdir():
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["CheckpointRef", "RunDir", "RunMismatchError", "load_weights", "rng_state", "set_rng_state"]
