@@ -153,7 +153,7 @@ def build_entries(runtime, tokens: list[str], layer: int, device: str) -> list[d
 def fill_blocks(runtime, tokens: list[str]) -> None:
     """Blocks for every (layer, token) scored below that the entry step did not train: the untrained conversions
     (scoring cost does not depend on the weights)."""
-    from hylo_search.layer_cache import save_mixer
+    from hylo_search.worker.converted import save_mixer
 
     library = runtime.library
     count = runtime.teacher.config.num_hidden_layers
@@ -168,7 +168,7 @@ def fill_blocks(runtime, tokens: list[str]) -> None:
 
 
 def score_layouts(runtime, tokens: list[str], count: int, device: str) -> dict:
-    from hylo_search.runtime import TrialContext
+    from hylo_search.scoring import TrialContext
 
     generator = torch.Generator().manual_seed(0)
     choices = ["A", *tokens]
@@ -202,8 +202,8 @@ def main() -> None:
     args = parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --device cpu for a smoke run")
-    from hylo_search.runtime import StudyRuntime
     from hylo_search.study import load_study
+    from hylo_search.worker.runtime import StudyRuntime
 
     shape = TINY if args.device == "cpu" else QWEN3_1P7B
     layer = args.layer if args.layer is not None else shape["num_hidden_layers"] // 2

@@ -37,6 +37,14 @@ from functools import cache
 from pathlib import Path
 
 import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers.processors import TemplateProcessing
+from transformers import PreTrainedTokenizerFast
+
+from .probes import generate_sample, run_probes
+from .probes import tasks as task_specs
+from .probes.haystack import common_words, compose_essays, word_list
+from .probes.scoring import answer_token_ids
 
 ASSET_DIR = Path(__file__).parent / "assets" / "tiny_teacher"
 CONTEXT = 1024
@@ -53,12 +61,7 @@ def build_tokenizer(vocab_size: int = 3072):
     """A byte-level BPE trained in memory on the probe templates, the essay text and the word lists (deterministic).
 
     Numbers split into chunks of up to three digits, one token each (as Llama 3's tokenizer does)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast
 
-    from .probes import tasks as T
-    from .probes.haystack import common_words, compose_essays
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -71,8 +74,8 @@ def build_tokenizer(vocab_size: int = 3072):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     # The templates are repeated so their words become single tokens, as in a real vocabulary.
-    templates = [T.NOISE, T.NIAH_TEMPLATE, T.NIAH_ANSWER_PREFIX, T.NIAH_NEEDLE, T.VT_TEMPLATE, T.VT_ANSWER_PREFIX,
-                 T.CWE_TEMPLATE, T.CWE_ANSWER_PREFIX, T.FWE_TEMPLATE, T.FWE_ANSWER_PREFIX]
+    templates = [task_specs.NOISE, task_specs.NIAH_TEMPLATE, task_specs.NIAH_ANSWER_PREFIX, task_specs.NIAH_NEEDLE, task_specs.VT_TEMPLATE, task_specs.VT_ANSWER_PREFIX,
+                 task_specs.CWE_TEMPLATE, task_specs.CWE_ANSWER_PREFIX, task_specs.FWE_TEMPLATE, task_specs.FWE_ANSWER_PREFIX]
     numbers = " ".join(f"{i:03d} {i:02d} {i}" for i in range(1000))
     corpus = [compose_essays(20000, seed=1), " ".join(common_words())] + [numbers] * 3 + templates * 50
     tok.train_from_iterator(corpus, trainer)
@@ -86,17 +89,15 @@ class Curriculum:
     where no loss is taken."""
 
     def __init__(self, tokenizer, seed: int) -> None:
-        from .probes import tasks as T
-        from .probes.haystack import compose_essays, word_list
 
         self.tok, self.rng = tokenizer, random.Random(seed)
         self.numbers = [t for t in (tokenizer.convert_tokens_to_ids(f"{i:03d}") for i in range(1000))
                         if t != tokenizer.unk_token_id]
         self.essays = tokenizer(compose_essays(60000, seed=seed + 7), add_special_tokens=False)["input_ids"]
-        template = T.NIAH_TEMPLATE + T.NIAH_ANSWER_PREFIX
+        template = task_specs.NIAH_TEMPLATE + task_specs.NIAH_ANSWER_PREFIX
         for old, new in (("Some", "A"), ("are all", "is"), ("are", "is"), ("answers", "answer")):
             template = template.replace(old, new)
-        self.template, self.T = template, T
+        self.template = template
         self.adjectives, self.nouns = word_list("adjectives"), word_list("nouns")
         self.index = TRAIN_INDEX
 
@@ -108,19 +109,18 @@ class Curriculum:
         return rows
 
     def short_recall(self, size: int) -> list[tuple[list[int], list[int]]]:
-        T, rng, rows = self.T, self.rng, []
+        rng, rows = self.rng, []
         for _ in range(size):
             key = f"{rng.choice(self.adjectives)}-{rng.choice(self.nouns)}"
             value = str(rng.randint(10**6, 10**7 - 1))
-            lines = [T.NOISE] * rng.randint(0, 3)
-            lines.insert(rng.randint(0, len(lines)), T.NIAH_NEEDLE.format(type_needle_v="numbers", key=key,
+            lines = [task_specs.NOISE] * rng.randint(0, 3)
+            lines.insert(rng.randint(0, len(lines)), task_specs.NIAH_NEEDLE.format(type_needle_v="numbers", key=key,
                                                                           value=value))
             prompt = self.template.format(type_needle_v="number", context="\n".join(lines), query=key)
             rows.append(self._answer_row(prompt, " " + value))
         return rows
 
     def probes(self, size: int, length: int) -> list[tuple[list[int], list[int]]]:
-        from .probes import generate_sample
 
         rows = []
         for _ in range(size):
@@ -139,7 +139,6 @@ class Curriculum:
         return rows
 
     def _answer_row(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
-        from .probes.scoring import answer_token_ids
 
         ids = self.tok(prompt)["input_ids"]
         tail = answer_token_ids(self.tok, ids, prompt, answer)
@@ -223,7 +222,6 @@ def train(out: Path, **options) -> dict:
 @torch.no_grad()
 def evaluate(model, tokenizer, samples: int = 20, lengths=(512, 1024)) -> dict:
     """Probe accuracy (fast scorer) on the evaluation's own samples (indices 0..samples-1, study seed 0)."""
-    from .probes import run_probes
 
     result = run_probes(model, tokenizer, tasks="niah_single_1", lengths=list(lengths), samples=samples,
                         scorer="fast", seed=0)

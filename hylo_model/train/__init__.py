@@ -6,7 +6,7 @@ from .checkpoint import RunMismatchError, load_weights
 from .data import DataError
 from .losses import distill_loss, distill_loss_reference, token_loss
 from .recipe import (GROUPS, AlignStage, DataConfig, DistillStage, LongStage, Recipe, RecipeError, load_recipe,
-                     recipes_dir, shipped_recipes)
+                     shipped_recipes)
 from .rope import set_rope_parameters, set_teacher_rope
 from .stages import converted_layers, evaluate, parameter_groups
 from .trainer import NonFiniteLossError, StageResult, StepInfo, TrainResult, make_accelerator, run_recipe
@@ -33,7 +33,6 @@ __all__ = [
     "load_weights",
     "make_accelerator",
     "parameter_groups",
-    "recipes_dir",
     "run_recipe",
     "set_rope_parameters",
     "set_teacher_rope",

@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from ..shipped import shipped_files
+
 GROUPS = ("mixers", "attention", "mlp", "norms", "embeddings", "lm_head")
 STAGE_KINDS = ("align", "distill", "long")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
@@ -374,22 +376,9 @@ class Recipe(_Strict):
         return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
 
 
-def recipes_dir() -> Path:
-    """Where shipped recipes live: ``$HYLO_RECIPES_DIR``, ``studies/recipes`` of the source tree (editable
-    installs), or ``<prefix>/share/hylo-search/studies/recipes`` (wheel installs)."""
-    import sys
-
-    override = os.environ.get("HYLO_RECIPES_DIR")
-    if override:
-        return Path(override)
-    source = Path(__file__).resolve().parents[2] / "studies" / "recipes"
-    installed = Path(sys.prefix) / "share" / "hylo-search" / "studies" / "recipes"
-    return source if source.is_dir() or not installed.is_dir() else installed
-
-
 def shipped_recipes() -> dict[str, Path]:
-    folder = recipes_dir()
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+    """Shipped recipes by name (:func:`hylo_model.shipped.shipped_files`)."""
+    return shipped_files("recipes")
 
 
 def load_recipe(recipe: Recipe | dict | str | os.PathLike) -> Recipe:
@@ -405,7 +394,7 @@ def load_recipe(recipe: Recipe | dict | str | os.PathLike) -> Recipe:
             path = shipped[str(recipe)]
         else:
             raise RecipeError(f"recipe {str(recipe)!r}: no such file, and not a shipped recipe "
-                              f"(shipped: {', '.join(shipped) or 'none found in ' + str(recipes_dir())})")
+                              f"(shipped: {', '.join(shipped) or 'none found'})")
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -490,6 +479,5 @@ __all__ = [
     "SourceConfig",
     "StudentConfig",
     "load_recipe",
-    "recipes_dir",
     "shipped_recipes",
 ]

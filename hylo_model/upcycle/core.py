@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 from ..config import HyLoConfig
 from ..layout import Layout
 from ..model import HyLoForCausalLM
+from ..version import __version__
 from .init import PAIR_STRATEGIES, gdn_weights, mamba2_weights, mla_weights, select_rope_pairs
 from .source import TeacherSource
 
@@ -173,7 +174,7 @@ def upcycle(
         "svd": svd,
         "seed": seed,
         "options": {k: v for k, v in config_options.items() if k != "rope_pairs" or isinstance(v, str)},
-        "hylo_version": _version(),
+        "hylo_version": __version__,
     }
     return student.eval()
 
@@ -187,7 +188,3 @@ def _teacher_device(source: TeacherSource) -> torch.device:
     return torch.device("cpu")
 
 
-def _version() -> str:
-    from .. import __version__
-
-    return __version__

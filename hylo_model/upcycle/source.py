@@ -113,15 +113,14 @@ class TeacherSource:
                 value = handle.get_tensor(name)
         tensor = value.detach()
         if name not in self._digests:
-            flat = tensor.float()
-            self._digests[name] = f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode() + torch.stack(
-                [flat.sum(), flat.abs().sum()]).double().cpu().numpy().tobytes()
+            self._digests[name] = _tensor_digest(name, tensor)
         return tensor
 
     def fingerprint(self) -> str:
-        """The teacher's identity: sha256 over its config and, per tensor in name order, its shape, dtype, sum and
-        absolute sum. Independent of where it was loaded from and of the order tensors were read (the ones not
-        read yet are read now); a tied LM head is the embedding and is left out."""
+        """The teacher's identity: sha256 over its config and, per tensor in name order, its name, shape and bytes
+        (floating tensors as float32, so a bf16 checkpoint loaded in bf16 or float32 is the same teacher). Exact:
+        independent of thread count, device and where it was loaded from, and of the order tensors were read (the
+        ones not read yet are read now); a tied LM head is the embedding and is left out."""
         skip = {"lm_head.weight"} if getattr(self.config, "tie_word_embeddings", False) else set()
         for name in self._tensors.keys() - self._digests.keys() - skip:
             self.get(name)
@@ -141,3 +140,12 @@ class TeacherSource:
         if isinstance(configured, str):
             configured = getattr(torch, configured, None)
         return configured if isinstance(configured, torch.dtype) else torch.float32
+
+
+def _tensor_digest(name: str, tensor: torch.Tensor) -> bytes:
+    """sha256 of one tensor's name, shape and bytes (floating point as float32, which bf16/fp16 widen to exactly)."""
+    data = tensor.float() if tensor.is_floating_point() else tensor
+    raw = data.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+    digest = hashlib.sha256(f"{name}:{tuple(tensor.shape)}:".encode())
+    digest.update(memoryview(raw))
+    return digest.digest()

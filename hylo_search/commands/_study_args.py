@@ -23,11 +23,14 @@ def with_executor(args: argparse.Namespace, work: Callable[..., Any]) -> tuple[A
     ``work(loaded, folder, executor, threads, executor_name)`` and close the executor. Returns ``(folder,
     result)``."""
     from ..executors import make_executor, worker_threads
-    from ..runs import study_dir
-    from ..study import load_study
+    from ..paths import study_dir
+    from ..study import check_inputs, load_study
+    from ._outputs import is_study_folder, output_folder
 
     loaded = load_study(args.study, seed=args.seed)
     folder = study_dir(loaded.name, args.out)
+    check_inputs(loaded)
+    output_folder(folder, "--out" if args.out else "study folder", is_study_folder, "study")
     name = args.executor or loaded.definition.executor.name
     executor = make_executor(name, loaded, args.address or loaded.definition.executor.address)
     try:

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..audit import format_audit, run_audit
+    from ..results.audit import format_audit, run_audit
 
     console = Console(highlight=False, soft_wrap=True)
 

@@ -17,9 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runs import Manifest, find_run, make_storage
+    from ..search.storage import Manifest, find_study_folder, make_storage
 
-    manifest = Manifest.read(find_run(args.name))
+    manifest = Manifest.read(find_study_folder(args.name))
     try:
         from optuna_dashboard import run_server
     except ImportError:

@@ -25,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..library import build_library
-    from ..sensitivity import format_table, read_table
+    from ..library.build import build_library
+    from ..library.sensitivity import format_table, read_table
 
     console = Console(highlight=False, soft_wrap=True)
 

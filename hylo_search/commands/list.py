@@ -20,8 +20,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..errors import UsageError
-    from ..results import pareto_front, trial_counts
-    from ..runs import MANIFEST, DriverLock, open_run, output_root
+    from ..paths import MANIFEST, output_root
+    from ..search.storage import DriverLock, open_study_folder
+    from ..search.trials import pareto_front, trial_counts
 
     root = Path(args.root) if args.root else output_root()
     folders = sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(column)
     for folder in folders:
         try:
-            handle = open_run(str(folder))
+            handle = open_study_folder(str(folder))
         except UsageError as error:
             table.add_row(folder.name, f"unreadable: {error}", "", "", "", "", "", str(folder))
             continue

@@ -22,10 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..results import format_front, front_report, plot_front
-    from ..runs import open_run
+    from ..results.front import format_front, front_report, plot_front
+    from ._reports import open_reported
 
-    handle = open_run(args.name, args.storage)
+    handle = open_reported(args.name, args.storage, sys.stdout if args.format == "table" else sys.stderr)
     print(format_front(front_report(handle), args.format))
     if args.plot:
         try:

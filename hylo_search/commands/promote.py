@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    from ..define.layout_files import read_layout
     from ..errors import UsageError
-    from ..layout_files import read_layout
 
     if args.layout_file and (args.study or args.trial is not None):
         raise UsageError("give either STUDY --trial N or --layout-file FILE, not both")
@@ -44,12 +44,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.study is None or args.trial is None:
             raise UsageError("give STUDY --trial N, or --layout-file FILE")
-        try:
-            from ..results import export_layout
-        except ImportError:
-            raise UsageError("promoting from a study needs hylo_search.results.export_layout, which this "
-                             "installation lacks; write the layout with `hylo-search export STUDY --trial N --out "
-                             "layout.yaml` and pass --layout-file layout.yaml") from None
+        from ..results.trial import export_layout
+
         try:
             path = Path(export_layout(args.study, args.trial))
         except (KeyError, LookupError, ValueError, OSError) as error:

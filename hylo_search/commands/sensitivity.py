@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..sensitivity import format_table, plot_heat_map, read_table, table_folder
+    from ..library.sensitivity import format_table, plot_heat_map, read_table, table_folder
 
     table = read_table(table_folder(args.study, args.out))
     metrics = args.metric or ["kl"] + (["probe_drop"] if any(r.get("probe_drop") is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,10 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..results import describe_trial
-    from ..runs import open_run
+    from ..results.trial import describe_trial
+    from ._reports import open_reported
 
     console = Console(highlight=False, soft_wrap=True)
-    for part in describe_trial(open_run(args.name, args.storage), args.trial):
+    handle = open_reported(args.name, args.storage, sys.stdout)
+    for part in describe_trial(handle, args.trial):
         console.print(part)
     return 0

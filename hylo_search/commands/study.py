@@ -37,15 +37,22 @@ def run(args: argparse.Namespace) -> int:
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
     loaded = load_study(args.study, seed=args.seed)
-    from ..engine import options_for
+    from ..search.run import options_for
 
     options = options_for(loaded, args.trials, args.executor, args.address, args.storage, args.out)
     if args.dry_run:
-        from ..report import dry_run_report
+        from ..results.dry_run import dry_run_report
 
         print(dry_run_report(loaded, options))
         return 0
-    from ..engine import run_study
+    from ..study import check_inputs
+    from ._outputs import is_study_folder, output_folder, storage_location
+
+    # Everything a trial reads, and where the study writes, is checked before the study folder is made.
+    check_inputs(loaded)
+    output_folder(options.folder, "--out" if args.out else "study folder", is_study_folder, "study")
+    storage_location(options.storage, "--storage" if args.storage else "storage")
+    from ..search.run import run_study
 
     progress = _Progress(options.trials, loaded.metrics)
     try:
@@ -60,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if summary.front:
         pick = _print_front(summary, _ref(args, loaded))  # the front table ends with the audit's warnings
     else:
-        from ..results import audit_warnings
+        from ..results.front import audit_warnings
 
         pick = None
         for warning in audit_warnings(summary.folder):
@@ -74,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
 def _print_front(summary: Any, ref: str) -> int:
     """Print the front as a table, and plot it beside the study when plotly or matplotlib is installed. Returns the
     trial to suggest exporting: the front's best hybrid (not the teacher itself) by the first objective."""
-    from ..results import format_front, front_report, plot_front
-    from ..runs import open_run
+    from ..results.front import format_front, front_report, plot_front
+    from ..search.storage import open_study_folder
 
-    handle = open_run(str(summary.folder), None)
+    handle = open_study_folder(str(summary.folder), None)
     report = front_report(handle)
     print(format_front(report, "table"))
     for name in ("front.html", "front.png"):

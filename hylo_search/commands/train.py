@@ -47,8 +47,8 @@ def resolve_layout(layout: str, num_layers: int) -> Any:
     """A layout code, a layout file, or an upcycled HyLo folder (returned as its path) -> what run_recipe takes."""
     from hylo_model import Layout
 
+    from ..define.layout_files import read_layout
     from ..errors import UsageError
-    from ..layout_files import read_layout
 
     path = Path(layout)
     if path.is_dir():
@@ -68,11 +68,14 @@ def execute(teacher: str, layout: Any, args: argparse.Namespace, *, origin: dict
     """Check every input (nothing is written on bad input: exit 2), then train. ``origin`` (e.g. the study and
     trial a layout was promoted from) is recorded in the run's run.json; ``student_options`` override the recipe's
     upcycling options. Returns the exit code."""
-    from hylo_model.train import (DataError, NonFiniteLossError, RecipeError, RunMismatchError, load_recipe,
-                                  run_recipe)
+    from hylo_model.train import DataError, NonFiniteLossError, RecipeError, RunMismatchError, load_recipe, run_recipe
 
+    from ..define.teachers import check_teacher_weights
     from ..errors import UsageError
+    from ._outputs import output_folder
 
+    # A rerun resumes in its own run folder (run.json); a file or a folder of the user's is refused here.
+    output_folder(args.out, "--out", lambda folder: (folder / "run.json").is_file(), "training run")
     try:
         recipe = load_recipe(args.recipe)
         if args.data:
@@ -90,6 +93,7 @@ def execute(teacher: str, layout: Any, args: argparse.Namespace, *, origin: dict
         from transformers import AutoConfig
 
         num_layers = AutoConfig.from_pretrained(teacher_dir, trust_remote_code=False).num_hidden_layers
+        check_teacher_weights(str(teacher_dir))
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise UsageError(f"--teacher {teacher}: {error}") from None
     if isinstance(layout, str):
@@ -126,13 +130,11 @@ def execute(teacher: str, layout: Any, args: argparse.Namespace, *, origin: dict
 
 def _teacher_dir(teacher: str) -> Path:
     """A local teacher folder: a directory, a hub id (fetched), or a search built-in (``builtin:tiny``, built by
-    :mod:`hylo_search.teachers` into a cache under the system's temporary folder)."""
+    :mod:`hylo_search.define.teachers` into this user's cache folder)."""
     if teacher.startswith("builtin:"):
-        import tempfile
+        from ..define.teachers import teacher_directory
 
-        from ..teachers import teacher_directory
-
-        return teacher_directory(teacher, Path(tempfile.gettempdir()) / "hylo-search-cache")
+        return teacher_directory(teacher)
     from hylo_model.upcycle.source import resolve_local_dir
 
     return resolve_local_dir(teacher)

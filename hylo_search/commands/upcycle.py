@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("teacher", help="teacher directory or hub id (safetensors)")
     parser.add_argument("--layout", required=True, help='layout code, e.g. "A,L128,M,G,..." or a layout YAML file')
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (new or empty)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a previous upcycled model in --out (never a folder holding anything else)")
     parser.add_argument("--kv-lora-rank", type=int, default=None, help="default MLA latent rank (L without a rank)")
     parser.add_argument("--qk-rope-head-dim", type=int, default=None, help="rotary dims kept per MLA head")
     parser.add_argument("--mla-rope-heads", type=int, default=1, help="RoPE keys per MLA layer (1 = DeepSeek)")
@@ -26,19 +28,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import os
 
     import torch
 
     from hylo_model import Layout, sanity_check, save_upcycled, upcycle
+    from hylo_model.saving import check_output, saved_kind
     from hylo_model.train.trainer import load_teacher
 
+    from ..define.layout_files import read_layout
+    from ..define.teachers import check_teacher_weights
     from ..errors import UsageError
-    from ..layout_files import read_layout
+    from ._outputs import output_folder
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
-        layout = read_layout(args.layout) if Path(args.layout).is_file() else Layout.parse(args.layout)
+        check_output(args.out, "upcycled", args.overwrite)
+        # What is there is judged above; this also finds a folder the model could not be saved in.
+        output_folder(args.out, "--out", lambda folder: saved_kind(folder) == "upcycled", "upcycled model")
+        check_teacher_weights(args.teacher)
+        # os.path.isfile, unlike Path.is_file, never raises (a long layout code is no file name).
+        layout = read_layout(args.layout) if os.path.isfile(args.layout) else Layout.parse(args.layout)
         # The gates need the teacher model; without them upcycle streams its tensors from the safetensors files.
         teacher = args.teacher if args.no_check else load_teacher(args.teacher, dtype)[0].to(args.device or "cpu")
         student = upcycle(
@@ -54,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         if not report.ok:
             print("sanity gates failed: " + "; ".join(report.failures()))
             return 1
-    out = save_upcycled(student, args.out)
+    try:
+        out = save_upcycled(student, args.out, overwrite=args.overwrite)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     print(f"saved {layout} -> {out}")
     return 0

@@ -1,46 +1,31 @@
-"""Shared plumbing for the YAML definitions (search spaces, studies): where the shipped ones live, how a name or a
-path is resolved, and how a validation error becomes one line that names the file, the field and the allowed values.
-
-Shipped definitions are looked up, in order, in ``$HYLO_SEARCH_DEFS/<kind>/`` (a folder holding ``studies/`` and
-``search_spaces/``), in the source tree next to the package (editable installs and checkouts), and in
-``<prefix>/share/hylo-search/<kind>/`` (where a wheel installs them as data files).
+"""Shared plumbing for the YAML definitions (search spaces, studies): how a name or a path is resolved (shipped
+names through :mod:`hylo_model.shipped`, the one resolver, which recipes use too), and how a validation error becomes
+one line that names the file, the field and the allowed values.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import sysconfig
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from .errors import UsageError
+from hylo_model.shipped import shipped_dirs, shipped_files
+
+from ..errors import UsageError
 
 Model = TypeVar("Model", bound=BaseModel)
-KINDS = ("studies", "search_spaces")
 
 
 def definition_dirs(kind: str) -> list[Path]:
     """Folders that may hold shipped definitions of ``kind`` ("studies" or "search_spaces"), existing ones only."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    candidates = []
-    if os.environ.get("HYLO_SEARCH_DEFS"):
-        candidates.append(Path(os.environ["HYLO_SEARCH_DEFS"]) / kind)
-    candidates.append(Path(__file__).resolve().parents[1] / kind)
-    for prefix in {sys.prefix, sysconfig.get_paths()["data"]}:
-        candidates.append(Path(prefix) / "share" / "hylo-search" / kind)
-    return [path for path in candidates if path.is_dir()]
+    return shipped_dirs(kind)
 
 
 def shipped_names(kind: str) -> list[str]:
-    names: set[str] = set()
-    for folder in definition_dirs(kind):
-        names.update(p.stem for p in folder.glob("*.yaml"))
-    return sorted(names)
+    return list(shipped_files(kind))
 
 
 def resolve(kind: str, name_or_path: str | os.PathLike) -> Path:
@@ -51,12 +36,11 @@ def resolve(kind: str, name_or_path: str | os.PathLike) -> Path:
         if not path.is_file():
             raise UsageError(f"{text}: no such file")
         return path
-    for folder in definition_dirs(kind):
-        candidate = folder / f"{text}.yaml"
-        if candidate.is_file():
-            return candidate
+    shipped = shipped_files(kind)
+    if text in shipped:
+        return shipped[text]
     label = "study" if kind == "studies" else "search space"
-    raise UsageError(f"unknown {label} {text!r}; shipped: {', '.join(shipped_names(kind)) or 'none'} "
+    raise UsageError(f"unknown {label} {text!r}; shipped: {', '.join(shipped) or 'none'} "
                      f"(or give a path to a .yaml file)")
 
 

@@ -1,4 +1,10 @@
-"""Layout files: the YAML that ``hylo-search export`` writes and ``promote``/``train``/``upcycle`` read."""
+"""Layout files: the YAML that ``hylo-search export`` writes and ``promote`` / ``train`` / ``upcycle`` read::
+
+    layout: {code: "A,L128,G,G"}      # or a bare code string, or {layers: [...]} as Layout.to_dict writes
+    teacher: ...                      # what export adds: teacher, upcycle options, the trial's scores
+
+Writing needs no torch (``export`` answers quickly); reading validates through :class:`hylo_model.Layout`.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,16 @@ from typing import Any
 
 import yaml
 
-from hylo_model import Layout
+from hylo_model.atomic import atomic_write_text
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
-def read_layout(path: str | os.PathLike) -> Layout:
-    """Read ``{layout: {code: ..., layers: [...]}, ...}`` or a bare ``{code: ...}`` mapping."""
+def read_layout(path: str | os.PathLike) -> Any:
+    """The :class:`hylo_model.Layout` of ``{layout: {code: ..., layers: [...]}, ...}``, a bare ``{code: ...}``
+    mapping or a bare code string."""
+    from hylo_model import Layout  # imported here: reading a layout is the first step of commands that build models
+
     path = Path(path)
     try:
         data: Any = yaml.safe_load(path.read_text())
@@ -28,11 +37,9 @@ def read_layout(path: str | os.PathLike) -> Layout:
         raise UsageError(f"{path}: field 'layout': {error}") from None
 
 
-def write_layout(path: str | os.PathLike, layout: Layout, **metadata: Any) -> Path:
-    """Write a layout file atomically (temp file + rename)."""
+def write_layout(path: str | os.PathLike, layout: Any, **metadata: Any) -> Path:
+    """Write a layout file atomically. ``layout``: a :class:`hylo_model.Layout` or its code string."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump({"layout": layout.to_dict(), **metadata}, sort_keys=False))
-    os.replace(tmp, path)
+    entry = layout.to_dict() if hasattr(layout, "to_dict") else {"code": str(layout)}
+    atomic_write_text(path, yaml.safe_dump({"layout": entry, **metadata}, sort_keys=False))
     return path

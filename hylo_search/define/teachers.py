@@ -11,7 +11,10 @@ Built-in teachers (:data:`BUILTIN_TEACHERS`): ``builtin:tiny`` is the embedded t
 package (``hylo_search/assets/tiny_teacher``: safetensors, tokenizer, ``training.json``; rebuilt by
 ``python -m hylo_search.tiny_teacher``, see :mod:`hylo_search.tiny_teacher`); ``builtin:tiny-random`` (what most
 tests use) is a tiny random Qwen3 with a byte-level tokenizer, built deterministically from a seed on first use and
-cached under the study's cache folder. :func:`register_builtin_teacher` adds more.
+cached under the study's cache folder (outside a study: this user's cache, :func:`user_cache_dir`, never a shared
+temporary folder another user could prepare). :func:`register_builtin_teacher` adds more.
+:func:`check_teacher_weights` reads a local teacher's safetensors headers, so missing, truncated or corrupt weights
+are one clear line before any work starts.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UsageError
+from ..errors import UsageError
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -74,7 +77,7 @@ def build_random_teacher(directory: Path, spec: BuiltinTeacher) -> None:
 BYTE_VOCAB = 260  # 256 bytes + <|bos|>, <|eos|>, <|pad|>, one spare (a multiple of 4)
 
 BUILTIN_TEACHERS: dict[str, BuiltinTeacher] = {
-    "tiny": BuiltinTeacher(directory=Path(__file__).parent / "assets" / "tiny_teacher",
+    "tiny": BuiltinTeacher(directory=Path(__file__).parents[1] / "assets" / "tiny_teacher",
                            description="the embedded trained tiny Llama (python -m hylo_search.tiny_teacher)"),
     "tiny-random": BuiltinTeacher(_tiny_qwen3(layers=4, max_positions=1024), build_random_teacher,
                                   description="random 4-layer Qwen3 (d 64) for tests"),
@@ -196,9 +199,54 @@ def teacher_config(teacher: str) -> Any:
                          f"({type(error).__name__})") from None
 
 
-def teacher_directory(teacher: str, cache_dir: Path) -> Path:
+def user_cache_dir() -> Path:
+    """This user's cache folder, ``$XDG_CACHE_HOME/hylo-search`` (default ``~/.cache/hylo-search``), made private
+    (0700) when created."""
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hylo-search"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
+def check_teacher_weights(teacher: str) -> None:
+    """Raise a one-line UsageError unless a local teacher folder (or a shipped built-in) holds readable safetensors
+    weights. Only the headers are read. Hub ids pass (their weights are fetched when trials run), as do built-ins
+    that are built from a seed."""
+    if is_builtin(teacher):
+        directory = builtin_spec(teacher).directory
+        if directory is None:
+            return
+    else:
+        directory = Path(teacher).expanduser()
+        if not directory.is_dir():
+            return
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise UsageError(f"{index}: not a safetensors index with a 'weight_map' ({type(error).__name__})") from None
+    elif (directory / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise UsageError(f"{directory}: no model.safetensors (or model.safetensors.index.json); teachers are read "
+                         "from safetensors only (save .bin checkpoints again with transformers' save_pretrained)")
+    from safetensors import SafetensorError, safe_open
+
+    for name in files:
+        path = directory / str(name)
+        try:
+            with safe_open(str(path), "numpy") as handle:
+                handle.keys()
+        except (OSError, SafetensorError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UsageError(f"{path}: not a readable safetensors file ({reason}); the teacher's weights are "
+                             "missing, truncated or corrupt") from None
+
+
+def teacher_directory(teacher: str, cache_dir: Path | None = None) -> Path:
     """A local directory with the teacher's safetensors: built-in teachers are built (once, atomically) under
-    ``cache_dir/teachers``; hub ids are fetched by :func:`hylo_model.upcycle.source.resolve_local_dir`."""
+    ``cache_dir/teachers`` (default: :func:`user_cache_dir`); hub ids are fetched by
+    :func:`hylo_model.upcycle.source.resolve_local_dir`."""
     if not is_builtin(teacher):
         from hylo_model.upcycle.source import resolve_local_dir
 
@@ -214,7 +262,7 @@ def teacher_directory(teacher: str, cache_dir: Path) -> Path:
         return spec.directory
     digest = hashlib.sha256(json.dumps([spec.config, spec.version, spec.seed], sort_keys=True,
                                        default=str).encode()).hexdigest()[:12]
-    target = cache_dir / "teachers" / f"{teacher[len(BUILTIN_PREFIX):]}-{digest}"
+    target = (cache_dir if cache_dir is not None else user_cache_dir()) / "teachers" / f"{teacher[len(BUILTIN_PREFIX):]}-{digest}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

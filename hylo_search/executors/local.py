@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..runtime import run_task
+from ..worker.entry import run_task
 
 
 class LocalExecutor:

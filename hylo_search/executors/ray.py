@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..runtime import run_task
+from ..worker.entry import run_task
+from ..worker.tasks import Failure
 
 
 class RayExecutor:
@@ -52,9 +53,7 @@ class RayExecutor:
             try:
                 done.append((number, self._ray.get(ref)))
             except Exception as error:  # noqa: BLE001 — a lost worker/node is one failed trial, not a crash
-                kind = "oom" if "OutOfMemory" in type(error).__name__ else "exception"
-                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                done.append((number, {"status": "fail", "failure": f"{kind}: {type(error).__name__}: {first}"}))
+                done.append((number, Failure.from_exception(error, _kind(error)).fields()))
         return done
 
     def close(self) -> None:
@@ -62,3 +61,15 @@ class RayExecutor:
             self._ray.cancel(ref, force=True)
         self._refs.clear()
         self._ray.shutdown()
+
+
+def _kind(error: Exception) -> str:
+    """A Ray error's failure kind: the task's process or node died (``lost``), was killed for memory (``oom``),
+    or raised (``exception``; the task itself turns its own errors into records, so this is rare)."""
+    name = type(error).__name__
+    if "OutOfMemory" in name:
+        return "oom"
+    if name in ("WorkerCrashedError", "NodeDiedError", "ActorDiedError", "RayActorError", "ObjectLostError",
+                "OwnerDiedError", "TaskCancelledError"):
+        return "lost"
+    return "exception"

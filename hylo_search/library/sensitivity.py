@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-from .assembly import token_order
-from .errors import UsageError
+from .. import paths
+from ..console import render_text
+from ..errors import UsageError
 
-TABLE = "library.json"  # written by hylo_search.library.build_library
 METRICS = {"kl": "held-out KL of the teacher with this block", "probe_drop": "probe drop (teacher - this)",
            "ce": "held-out cross-entropy", "align_after": "align loss after training"}
 
@@ -21,20 +20,18 @@ METRICS = {"kl": "held-out KL of the teacher with this block", "probe_drop": "pr
 def table_folder(ref: str, out: str | None = None) -> Path:
     """The folder holding a study's library table: ``--out``, a folder, a study name under the output root, or a
     study definition (its folder by name)."""
-    from .runs import output_root
-
     if out:
         return Path(out)
-    for folder in (Path(ref), output_root() / ref):
-        if (folder / TABLE).is_file():
+    for folder in (Path(ref), paths.output_root() / ref):
+        if (folder / paths.LIBRARY_TABLE).is_file():
             return folder
-    from .study import load_study
+    from ..study import load_study  # only for a study definition: loading one imports torch
 
-    return output_root() / load_study(ref).name
+    return paths.output_root() / load_study(ref).name
 
 
 def read_table(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / TABLE
+    path = Path(folder) / paths.LIBRARY_TABLE
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -49,7 +46,8 @@ def heat_map(table: dict[str, Any], metric: str) -> tuple[list[int], list[str], 
         raise UsageError(f"--metric {metric!r}: allowed: {', '.join(METRICS)}")
     rows = table["rows"]
     layers = sorted({r["layer"] for r in rows})
-    tokens = sorted({r["token"] for r in rows}, key=token_order)
+    order = {r["token"]: (r["token"][0], r.get("rank") or 0) for r in rows}  # by mixer code, then MLA rank
+    tokens = sorted(order, key=order.__getitem__)
     cell = {(r["layer"], r["token"]): r.get(metric) for r in rows}
     return layers, tokens, [[cell.get((i, t)) for t in tokens] for i in layers]
 
@@ -68,16 +66,12 @@ def format_table(table: dict[str, Any], metrics: list[str], fmt: str = "table") 
         writer.writeheader()
         writer.writerows(table["rows"])
         return buffer.getvalue().rstrip("\n")
-    from rich.console import Console
-
-    console = Console(width=160, record=True, file=open(os.devnull, "w"))
+    parts: list[Any] = []
     for metric in metrics:
-        heading, grid = _rich_heat_map(table, metric)
-        console.print(heading)
-        console.print(grid)
+        parts += list(_rich_heat_map(table, metric))
     if not table.get("complete", True):
-        console.print("warning: the library is incomplete (a task failed); rerun `hylo-search library`")
-    return console.export_text().rstrip("\n")
+        parts.append("warning: the library is incomplete (a task failed); rerun `hylo-search library`")
+    return render_text(*parts)
 
 
 def _rich_heat_map(table: dict[str, Any], metric: str) -> tuple[str, Any]:
@@ -132,9 +126,7 @@ def plot_heat_map(table: dict[str, Any], metrics: list[str], path: Path) -> Path
         axis.set_title(METRICS[metric])
         figure.colorbar(image, ax=axis)
     figure.suptitle(f"block sensitivity of {table['study']}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    figure.savefig(tmp, dpi=120, bbox_inches="tight")
+    with paths.atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(figure)
-    os.replace(tmp, path)
     return path

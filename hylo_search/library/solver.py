@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .spaces import CompiledSpace
+from ..space.compiled import CompiledSpace, token_order
 
 _REPAIRS = 8  # solutions rejected by the exact check (solver tolerance at a budget's edge) before giving up
 
@@ -47,11 +47,6 @@ def library_entries(space: CompiledSpace) -> list[tuple[int, str]]:
             concrete = [f"L{r}" for r in space.global_ranks] if token == "L" else [token]
             entries |= {(layer, t) for t in concrete if t != "A"}
     return sorted(entries, key=lambda e: (e[0], token_order(e[1])))
-
-
-def token_order(token: str) -> tuple[str, int]:
-    """Sort key of layout tokens: by mixer code, then MLA rank."""
-    return token[0], int(token[1:] or 0)
 
 
 def block_scores(rows: Sequence[dict[str, Any]], kl_weight: float = 1.0,

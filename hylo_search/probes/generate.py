@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import tasks as T
+from . import tasks as task_specs
 from .haystack import common_words, essay_words, split_sentences, word_list
 
 # RULER's needle depths for the essay haystack: 40 evenly spaced percentages 0..100.
@@ -64,7 +64,7 @@ class Sample:
         name = record.get("task") or task
         if name is None:
             raise ValueError("sample has no 'task' field; pass the task name")
-        spec = T.get_task(name)
+        spec = task_specs.get_task(name)
         outputs = record["outputs"]
         return cls(
             task=spec.name, index=int(record.get("index", 0)), input=record["input"],
@@ -78,7 +78,7 @@ class Sample:
 
 
 def render_answer(task: str, outputs: list[str]) -> str:
-    spec = T.get_task(task)
+    spec = task_specs.get_task(task)
     if spec.family == "vt":  # the worked example writes `are:  ABCDE FGHIJ ...` (RULER joins with " ")
         return " " + " ".join(outputs)
     if spec.family == "cwe":  # the worked example writes `are:1. word 2. word ...`
@@ -163,17 +163,17 @@ def _insert_at_depths(
 Builder = Callable[[int], tuple[str, str, list[str], list[float]]]
 
 
-def _niah_builder(spec: T.TaskSpec, rng: random.Random, depth: float | None, haystack: str | None) -> Builder:
+def _niah_builder(spec: task_specs.TaskSpec, rng: random.Random, depth: float | None, haystack: str | None) -> Builder:
     a = spec.args
     type_k, type_v = a["type_needle_k"], a["type_needle_v"]
     taken: set[str] = set()
     keys = _distinct(rng, type_k, a["num_needle_k"], taken)
     values = [_distinct(rng, type_v, a["num_needle_v"], taken) for _ in keys]
-    needles = [T.NIAH_NEEDLE.format(type_needle_v=type_v, key=k, value=v) for k, vs in zip(keys, values) for v in vs]
+    needles = [task_specs.NIAH_NEEDLE.format(type_needle_v=type_v, key=k, value=v) for k, vs in zip(keys, values) for v in vs]
     rng.shuffle(needles)
     asked = rng.sample(range(len(keys)), a["num_needle_q"])
     query = ", ".join(keys[i] for i in asked[:-1]) + ", and " + keys[asked[-1]] if len(asked) > 1 else keys[asked[0]]
-    template, prefix, noun = T.NIAH_TEMPLATE, T.NIAH_ANSWER_PREFIX, type_v
+    template, prefix, noun = task_specs.NIAH_TEMPLATE, task_specs.NIAH_ANSWER_PREFIX, type_v
     if a["num_needle_q"] * a["num_needle_v"] == 1:  # RULER's singular rewrite
         for old, new in (("Some", "A"), ("are all", "is"), ("are", "is"), ("answers", "answer")):
             template, prefix = template.replace(old, new), prefix.replace(old, new)
@@ -188,10 +188,10 @@ def _niah_builder(spec: T.TaskSpec, rng: random.Random, depth: float | None, hay
             context = " ".join(_insert_at_depths(hrng, units, needles, depth, essay=True))
         else:
             if a["type_haystack"] == "noise":
-                units = [T.NOISE] * n
+                units = [task_specs.NOISE] * n
             else:  # "needle": every line is a needle with a fresh key and value
                 seen = set(taken)
-                units = [T.NIAH_NEEDLE.format(type_needle_v=type_v, key=_distinct(hrng, type_k, 1, seen)[0],
+                units = [task_specs.NIAH_NEEDLE.format(type_needle_v=type_v, key=_distinct(hrng, type_k, 1, seen)[0],
                                               value=_random_value(hrng, type_v)) for _ in range(n)]
             context = "\n".join(_insert_at_depths(hrng, units, needles, depth, essay=False))
         # References in reading order: per asked key, its values as they appear in the context.
@@ -214,7 +214,7 @@ def _vt_chain(rng: random.Random, num_hops: int, letters: int, value: str) -> tu
 
 def _vt_context(rng: random.Random, n: int, chain: list[str]) -> str:
     """n noise lines with the chain's lines inserted in order at random places (RULER's noise haystack)."""
-    sentences = [T.NOISE] * n
+    sentences = [task_specs.NOISE] * n
     positions = sorted(rng.sample(range(n), len(chain)))
     for j, position in enumerate(positions):
         sentences.insert(position + j, chain[j])
@@ -224,11 +224,11 @@ def _vt_context(rng: random.Random, n: int, chain: list[str]) -> str:
 def _vt_text(rng: random.Random, n: int, chain: list[str], names: list[str], value: str, hops: int) -> str:
     """A whole worked example: question, answer prefix and the answer."""
     context = _vt_context(rng, n, chain)
-    return (T.VT_TEMPLATE.format(context=context, query=value)
-            + T.VT_ANSWER_PREFIX.format(num_v=hops + 1, query=value) + " " + " ".join(names) + "\n")
+    return (task_specs.VT_TEMPLATE.format(context=context, query=value)
+            + task_specs.VT_ANSWER_PREFIX.format(num_v=hops + 1, query=value) + " " + " ".join(names) + "\n")
 
 
-def _vt_builder(spec: T.TaskSpec, rng: random.Random, example_noise: int) -> Builder:
+def _vt_builder(spec: task_specs.TaskSpec, rng: random.Random, example_noise: int) -> Builder:
     hops = spec.args["num_hops"]
     value = str(rng.randint(10000, 99999))
     names, chain = _vt_chain(rng, hops, 5, value)
@@ -240,8 +240,8 @@ def _vt_builder(spec: T.TaskSpec, rng: random.Random, example_noise: int) -> Bui
 
     def build(n: int) -> tuple[str, str, list[str], list[float]]:
         context = _vt_context(random.Random(haystack_seed), n, chain)
-        text = example + "\n" + T.VT_TEMPLATE.format(context=context, query=value)
-        return text, T.VT_ANSWER_PREFIX.format(num_v=hops + 1, query=value), list(names), _depths(context, chain)
+        text = example + "\n" + task_specs.VT_TEMPLATE.format(context=context, query=value)
+        return text, task_specs.VT_ANSWER_PREFIX.format(num_v=hops + 1, query=value), list(names), _depths(context, chain)
 
     return build
 
@@ -264,7 +264,7 @@ def _extra_words(count: int, exclude: set[str]) -> list[str]:
     return out
 
 
-def _cwe_builder(spec: T.TaskSpec, rng: random.Random, length: int) -> Builder:
+def _cwe_builder(spec: task_specs.TaskSpec, rng: random.Random, length: int) -> Builder:
     a = spec.args
     pool = list(common_words())
     order_seed = rng.getrandbits(64)
@@ -294,8 +294,8 @@ def _cwe_builder(spec: T.TaskSpec, rng: random.Random, length: int) -> Builder:
         chosen = order[:ex_n + n] + _extra_words(ex_n + n - len(order), set(pool))
         ex_context, ex_answer = listing(hrng, chosen[:ex_n], ex_c, ex_u)
         context, answer = listing(hrng, chosen[ex_n:], freq_c, freq_u)
-        example = T.CWE_TEMPLATE.format(context=ex_context) + T.CWE_ANSWER_PREFIX + numbered(ex_answer)
-        return example + "\n" + T.CWE_TEMPLATE.format(context=context), T.CWE_ANSWER_PREFIX, answer, []
+        example = task_specs.CWE_TEMPLATE.format(context=ex_context) + task_specs.CWE_ANSWER_PREFIX + numbered(ex_answer)
+        return example + "\n" + task_specs.CWE_TEMPLATE.format(context=context), task_specs.CWE_ANSWER_PREFIX, answer, []
 
     return build
 
@@ -306,7 +306,7 @@ def _zeta(alpha: float) -> float:
     return float(zeta(alpha))
 
 
-def _fwe_builder(spec: T.TaskSpec, rng: random.Random, length: int) -> Builder:
+def _fwe_builder(spec: task_specs.TaskSpec, rng: random.Random, length: int) -> Builder:
     alpha, wordlen = spec.args["alpha"], spec.args["coded_wordlen"]
     vocab_size = max(length // 50, 5)
     vocab: set[str] = set()
@@ -321,7 +321,7 @@ def _fwe_builder(spec: T.TaskSpec, rng: random.Random, length: int) -> Builder:
     def build(n: int) -> tuple[str, str, list[str], list[float]]:
         words = [w for k, w in enumerate(ranked, start=1) for _ in range(int(n * k**-alpha / z))]
         random.Random(shuffle_seed).shuffle(words)
-        return T.FWE_TEMPLATE.format(context=" ".join(words)), T.FWE_ANSWER_PREFIX, ranked[1:4], []
+        return task_specs.FWE_TEMPLATE.format(context=" ".join(words)), task_specs.FWE_ANSWER_PREFIX, ranked[1:4], []
 
     return build
 
@@ -381,7 +381,7 @@ def generate_sample(
 
     ``depth`` (0..100) pins the needle(s) at that depth instead of RULER's random placement; ``haystack`` is a
     text/JSON file for the essay tasks (default: the shipped essays)."""
-    spec = T.get_task(task)
+    spec = task_specs.get_task(task)
     if depth is not None and not 0 <= depth <= 100:
         raise ValueError(f"depth must be within 0..100 (percent), got {depth}")
     rng = random.Random(sample_seed(seed, spec.name, length, index))

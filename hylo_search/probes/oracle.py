@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from . import tasks as T
+from . import tasks as task_specs
 from .generate import Sample
 
 _QUESTION = re.compile(r"What (?:is|are all) the special magic \S+ for (.+?) mentioned in the provided text\?")
@@ -27,7 +27,7 @@ def _top(counts: Counter, first_seen: dict[str, int], k: int) -> list[str]:
 
 def solve(sample: Sample) -> list[str]:
     """The references, recovered from ``sample.input`` alone, in the canonical order of ``sample.outputs``."""
-    family = T.get_task(sample.task).family
+    family = task_specs.get_task(sample.task).family
     text = sample.input
     if family == "niah":
         query = _QUESTION.findall(text)[-1]
@@ -39,16 +39,16 @@ def solve(sample: Sample) -> list[str]:
         return answers
     if family == "vt":
         value = re.findall(r"assigned the value (\d+) in the text above\.", text)[-1]
-        context = _after_last(text, T.VT_TEMPLATE[:40])
+        context = _after_last(text, task_specs.VT_TEMPLATE[:40])
         names = re.findall(rf"VAR (\w+) = {value}\b", context)[:1]
         while names and (follow := re.findall(rf"VAR (\w+) = VAR {names[-1]}\b", context)):
             names.append(follow[0])
         return names
     if family == "cwe":
-        context = _after_last(text, T.CWE_TEMPLATE[:40]).split("\nQuestion:")[0]
+        context = _after_last(text, task_specs.CWE_TEMPLATE[:40]).split("\nQuestion:")[0]
         entries = re.findall(r"\d+\. (\S+)", context)
         first = {w: i for i, w in reversed(list(enumerate(entries)))}
-        top = _top(Counter(entries), first, T.get_task(sample.task).args["num_cw"])
+        top = _top(Counter(entries), first, task_specs.get_task(sample.task).args["num_cw"])
         return sorted(top, key=first.__getitem__)
     if family == "fwe":
         context = _after_last(text, "Find the three most frequently appeared coded words. ").split("\nQuestion:")[0]

@@ -6,8 +6,9 @@ Two scorers:
   post-processed and scored with the task's ``string_match_all`` / ``string_match_part``. ``score`` is that
   per-sample value in 0..1.
 * ``"fast"`` — one teacher-forced pass over ``prompt + canonical answer`` (the search's proxy). ``score`` is
-  ``greedy_all`` (1 when every answer token is the argmax), with ``first_token`` and the answer log-likelihood
-  (``logprob``, ``logprob_mean``) beside it. A model that greedily writes the canonical answer scores 1 under
+  ``greedy_all`` (1 when every answer token is the argmax), with ``first_token``, the partial credit ``partial``
+  (the fraction of answer tokens that are the argmax) and the answer log-likelihood (``logprob``, and per answer
+  token ``logprob_mean``: the continuous score the search's probe objective uses by default) beside it. A model that greedily writes the canonical answer scores 1 under
   both scorers.
 """
 
@@ -19,13 +20,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import tasks as T
+from . import tasks as task_specs
 from .generate import Sample, count_tokens, generate_samples
 from .metrics import postprocess_pred, score_prediction
 from .scoring import CausalLM, answer_token_ids, eos_ids, greedy_generate, teacher_forced
 
 SCORERS = ("fast", "generate")
-FAST_METRICS = ("score", "first_token", "logprob", "logprob_mean")
+FAST_METRICS = ("score", "first_token", "partial", "logprob", "logprob_mean")
 # Rows of one batch may differ this much in length (their padding is computed for nothing).
 _MAX_SPREAD = 256
 
@@ -75,12 +76,12 @@ class ProbeResults:
         from rich.table import Table
 
         summary, lengths = self.summary(metric), self.lengths
-        percent = metric in ("score", "first_token")
+        percent = metric in ("score", "first_token", "partial")
         fmt = (lambda v: f"{100 * v:.1f}") if percent else (lambda v: f"{v:.3f}")
         table = Table(title=title or f"{metric} ({self.scorer} scorer{', %' if percent else ''})")
         table.add_column("task")
         for n in lengths:
-            table.add_column(T.format_length(n), justify="right")
+            table.add_column(task_specs.format_length(n), justify="right")
         table.add_column("mean", justify="right")
         for task in self.tasks:
             row = summary[task]
@@ -140,13 +141,13 @@ def score_samples(
             extra = []
             for s, out in zip(rows, outputs):
                 text = tokenizer.decode(out[:s.max_new_tokens], skip_special_tokens=True)
-                metric = T.get_task(s.task).metric
+                metric = task_specs.get_task(s.task).metric
                 extra.append({"score": score_prediction(metric, text, s.outputs),
                               "prediction": postprocess_pred(text)})
         else:
             answers = [answer_token_ids(tokenizer, p, s.prompt, s.answer) for p, s in zip(prompts, rows)]
-            extra = [{"score": float(r.greedy_all), "first_token": float(r.first_token), "logprob": r.logprob,
-                      "logprob_mean": r.logprob_mean, "answer_tokens": r.answer_tokens}
+            extra = [{"score": float(r.greedy_all), "first_token": float(r.first_token), "partial": r.partial,
+                      "logprob": r.logprob, "logprob_mean": r.logprob_mean, "answer_tokens": r.answer_tokens}
                      for r in teacher_forced(lm, prompts, answers, pad, segment_size)]
         seconds = (time.perf_counter() - start) / len(rows)
         for i, s, p, e in zip(batch, rows, prompts, extra):
@@ -177,8 +178,8 @@ def run_probes(
     ``tasks``: names, ``"all"`` or a comma list; ``lengths``: tokens or ``"4k"``-style strings. The same
     (tasks, lengths, samples, seed, tokenizer) always gives the same prompts. Returns :class:`ProbeResults`;
     ``.mean()`` is the search's single number, ``.summary()`` the task × length grid."""
-    names = T.parse_tasks(tasks)
-    sizes = T.parse_lengths(list(lengths) if not isinstance(lengths, str) else lengths)
+    names = task_specs.parse_tasks(tasks)
+    sizes = task_specs.parse_lengths(list(lengths) if not isinstance(lengths, str) else lengths)
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
     probes = [s for task in names for n in sizes

@@ -113,10 +113,16 @@ class TeacherForced:
     first_token: bool  # the first answer token is the argmax
     logprob: float  # sum of the answer tokens' log-probabilities
     answer_tokens: int
+    greedy_tokens: int = 0  # answer tokens that are the argmax given the true prefix
 
     @property
     def logprob_mean(self) -> float:
         return self.logprob / max(1, self.answer_tokens)
+
+    @property
+    def partial(self) -> float:
+        """Partial credit: the fraction of answer tokens that are the argmax given the true prefix."""
+        return self.greedy_tokens / max(1, self.answer_tokens)
 
 
 @torch.no_grad()
@@ -152,7 +158,8 @@ def teacher_forced(
         target = torch.tensor(answer, device=lm.device)
         picked = logprobs[i, at, target]
         greedy = logprobs[i, at].argmax(-1) == target
-        results.append(TeacherForced(bool(greedy.all()), bool(greedy[0]), float(picked.sum()), len(answer)))
+        results.append(TeacherForced(bool(greedy.all()), bool(greedy[0]), float(picked.sum()), len(answer),
+                                     int(greedy.sum())))
     return results
 
 

@@ -9,7 +9,7 @@ table. Each layout is then trained by the longer proxy: the study's recipe (a re
 with its tokens x M. For every (cheap objective, metric) pair, Spearman's rho and Kendall's tau
 (:mod:`scipy.stats`) between the cheap values and the longer proxy's values of that metric. The result is written
 atomically to ``<study folder>/audit.json``; ``pareto`` and ``study`` warn about an objective whose Spearman
-correlation is below :data:`~.results.AUDIT_THRESHOLD`.
+correlation is below :data:`~.front.AUDIT_THRESHOLD`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,21 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import UsageError
-from .executors import run_all
-from .results import AUDIT, AUDIT_THRESHOLD, ranked_trials
-from .sensitivity import TABLE, read_table
-from .study import MEMORY_METRICS, LoadedStudy
+from hylo_model.train import RecipeError, load_recipe
+
+from .. import paths
+from ..console import render_text
+from ..define.schema import MEMORY_METRICS
+from ..errors import UsageError
+from ..executors import run_all
+from ..library.build import build_library
+from ..library.sensitivity import read_table
+from ..search.sampler import repair
+from ..search.storage import Manifest, open_study_folder
+from ..search.trials import ranked_trials
+from ..study import LoadedStudy
+from ..worker.tasks import TrialTask
+from .front import AUDIT_THRESHOLD, audit_warnings_of
 
 ADDITIVE = "additive"  # the sensitivity table's sum, a cheap objective that needs no run at all
 
@@ -46,8 +56,6 @@ def cheap_tiers(loaded: LoadedStudy) -> list[tuple[str, dict[str, Any] | None]]:
 
 def long_proxy(loaded: LoadedStudy, multiplier: float) -> dict[str, Any]:
     """The longer proxy: the recipe proxy's recipe (else the library's) with its token budget x ``multiplier``."""
-    from hylo_model.train import RecipeError, load_recipe
-
     if multiplier <= 0:
         raise UsageError(f"--budget-multiplier must be > 0, got {multiplier}")
     proxy = loaded.definition.proxy
@@ -66,8 +74,6 @@ def long_proxy(loaded: LoadedStudy, multiplier: float) -> dict[str, Any]:
 
 def choose_layouts(loaded: LoadedStudy, trials: list[Any], count: int, seed: int) -> list[list[str]]:
     """``count`` distinct feasible layouts: completed trials spread over their ranking, then drawn from the space."""
-    from .sampler import repair
-
     space = loaded.space
     # First-tier trials only: a promoted trial's numbers come from another tier and do not rank with them.
     done = [t for t in trials if t.state.name == "COMPLETE" and all(v <= 0 for v in t.constraints.values())
@@ -91,7 +97,7 @@ def choose_layouts(loaded: LoadedStudy, trials: list[Any], count: int, seed: int
 
 def library_rows(folder: Path) -> dict[tuple[int, str], dict[str, Any]] | None:
     """The library table's rows by ``(layer, token)``, or None before the library exists."""
-    if not (folder / TABLE).is_file():
+    if not (folder / paths.LIBRARY_TABLE).is_file():
         return None
     return {(r["layer"], r["token"]): r for r in read_table(folder)["rows"]}
 
@@ -136,10 +142,6 @@ def run_audit(loaded: LoadedStudy, folder: Path, executor: Any, layouts: int, mu
               storage: str | None = None, threads: int | None = None,
               report: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Score ``layouts`` layouts with every cheap objective and the longer proxy; return and save the audit."""
-    from .library import build_library
-    from .runs import MANIFEST, Manifest, atomic_write_text, open_run
-    from .runtime import TrialTask
-
     report = report or (lambda event, info: None)
     if layouts < 3:
         raise UsageError(f"--layouts must be >= 3 (a rank correlation needs at least 3 layouts), got {layouts}")
@@ -150,12 +152,12 @@ def run_audit(loaded: LoadedStudy, folder: Path, executor: Any, layouts: int, mu
     long = long_proxy(loaded, multiplier)
     tiers = cheap_tiers(loaded)
     trials = []
-    if (folder / MANIFEST).is_file():
+    if (folder / paths.MANIFEST).is_file():
         known_print = Manifest.read(folder).fingerprint
         if known_print != loaded.fingerprint():
             raise UsageError(f"study folder {folder} was created from a different definition (fingerprint "
                              f"{known_print} != {loaded.fingerprint()}); use another --out")
-        trials = open_run(str(folder), storage).study.get_trials(deepcopy=False)
+        trials = open_study_folder(str(folder), storage).study.get_trials(deepcopy=False)
     chosen = choose_layouts(loaded, trials, layouts, loaded.definition.seed)
     if loaded.uses_library():
         summary = build_library(loaded, folder, executor, threads, report)
@@ -214,19 +216,13 @@ def run_audit(loaded: LoadedStudy, folder: Path, executor: Any, layouts: int, mu
     result = {"study": loaded.name, "fingerprint": loaded.fingerprint(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "budget_multiplier": multiplier, "long_proxy": long, "threshold": AUDIT_THRESHOLD, "layouts": rows,
               "correlations": found}
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / AUDIT, json.dumps(result, indent=1) + "\n")
+    paths.atomic_write_text(folder / paths.AUDIT, json.dumps(result, indent=1) + "\n")
     return result
 
 
 def format_audit(result: dict[str, Any]) -> str:
     """The correlations as a table, and the warnings."""
-    import os
-
-    from rich.console import Console
     from rich.table import Table
-
-    from .results import audit_warnings_of
 
     long = result["long_proxy"]
     table = Table(title=f"fidelity audit of {result['study']}: cheap objectives vs {long['recipe']} at "
@@ -237,14 +233,10 @@ def format_audit(result: dict[str, Any]) -> str:
     for row in result["correlations"]:
         cells = [_number(row[k]) for k in ("spearman", "spearman_p", "kendall", "kendall_p")]
         table.add_row(row["objective"], str(row["n"]), *cells)
-    console = Console(width=160, record=True, file=open(os.devnull, "w"))
-    console.print(table)
-    failed = [(r["layout"], k, v) for r in result["layouts"] for k, v in r["failures"].items()]
-    for layout, tier, failure in failed:
-        console.print(f"failed: {layout} ({tier}): {failure}")
-    for warning in audit_warnings_of(result):
-        console.print(f"warning: {warning}")
-    return console.export_text().rstrip("\n")
+    parts: list[Any] = [table]
+    parts += [f"failed: {r['layout']} ({k}): {v}" for r in result["layouts"] for k, v in r["failures"].items()]
+    parts += [f"warning: {warning}" for warning in audit_warnings_of(result)]
+    return render_text(*parts)
 
 
 def _number(value: Any) -> str:

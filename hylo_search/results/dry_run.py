@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .baselines import baselines
-from .objectives import memory_metrics
-from .study import LoadedStudy
+from hylo_model.train import load_recipe
+
+from .. import paths
+from ..library.solver import library_entries
+from ..search.storage import open_study_folder
+from ..space.baselines import baselines
+from ..space.cost import memory_metrics
+from ..study import LoadedStudy
 
 
 def _bytes(n: float) -> str:
@@ -24,7 +29,7 @@ def trial_flops(loaded: LoadedStudy) -> tuple[float, str]:
     params = memory_metrics(loaded, loaded.space.teacher_tokens)["params"]
     eval_tokens = sum(definition.probes.samples * n for n in definition.probes.lengths) * max(
         1, len(definition.probes.tasks))
-    if loaded.proxy_kind != "recipe":  # the stand-in scores the held-out set; a recipe evaluates on its own split
+    if loaded.proxy_kind != "recipe":  # upcycle_kl and assembled score the held-out set; a recipe evaluates on its own split
         eval_tokens += definition.data.heldout_sequences * definition.data.heldout_length
     train_tokens = 0
     if loaded.proxy_kind == "recipe":
@@ -38,8 +43,6 @@ def trial_flops(loaded: LoadedStudy) -> tuple[float, str]:
 def _recipe_tokens(name: str) -> int:
     """Tokens the named recipe trains on (0 when the training code cannot load it here)."""
     try:
-        from hylo_model.train import load_recipe
-
         return int(load_recipe(name).total_tokens())
     except (ImportError, ValueError, AttributeError, TypeError):
         return 0
@@ -77,8 +80,6 @@ def dry_run_report(loaded: LoadedStudy, options: Any) -> str:
         lines.append(f"  two tiers: every layout scored by {loaded.first_kind} first ({options.trials} trials), "
                      f"then the {definition.tiers.promote} best trained by {loaded.proxy_kind}")
     if loaded.uses_library():
-        from .assembly import library_entries
-
         config = definition.library_config()
         pool = f"; exact solver pool of {config.pool} (distance >= {config.pool_distance})" if config.pool else ""
         lines.append(f"  block library: {len(library_entries(space))} blocks, align stage of "
@@ -106,12 +107,10 @@ def dry_run_report(loaded: LoadedStudy, options: Any) -> str:
 
 def _measured_durations(options: Any) -> str | None:
     """Mean duration of completed trials when the study already exists (read only; creates nothing)."""
-    from . import runs
-
-    if not (options.folder / runs.MANIFEST).is_file():
+    if not (options.folder / paths.MANIFEST).is_file():
         return None
     try:
-        handle = runs.open_run(str(options.folder), options.storage)
+        handle = open_study_folder(str(options.folder), options.storage)
     except Exception:  # noqa: BLE001 — a dry run reports what it can
         return None
     times = [(t.datetime_complete - t.datetime_start).total_seconds()

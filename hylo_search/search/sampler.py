@@ -22,7 +22,8 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from .spaces import CompiledSpace, layout_code
+from ..space.compiled import CompiledSpace, layout_code
+from .optuna_compat import storage_of, trial_id
 
 PROPOSED_ATTR = "hylo:proposed_layout"
 
@@ -116,7 +117,7 @@ class RepairSampler(BaseSampler):
         fixed = self._novel(study, repair(self._space, proposed, self._rng))
         if fixed == proposed:
             return params
-        study._storage.set_trial_system_attr(trial._trial_id, PROPOSED_ATTR, layout_code(proposed))
+        storage_of(study).set_trial_system_attr(trial_id(trial), PROPOSED_ATTR, layout_code(proposed))
         return self._space.params_from_tokens(fixed) or params
 
     def _novel(self, study: Study, tokens: list[str], attempts: int = 60) -> list[str]:

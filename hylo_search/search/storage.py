@@ -1,20 +1,11 @@
-"""Study output folders and their Optuna storage.
+"""A study's Optuna storage, its manifest, its single-driver locks, and opening an existing study folder.
 
-A study's folder (default ``./hylo_runs/<name>/``; the root can be moved with ``$HYLO_RUNS_DIR``, a folder with
-``--out``) holds::
-
-    manifest.json     name, storage URL, fingerprint, objectives, teacher, package version (what later commands read)
-    study.yaml        the resolved study (space inlined)
-    study.db          the Optuna storage (SQLite, unless --storage named another)
-    trials.parquet    one row per trial, rewritten atomically after every finished trial
-    cache/            built-in teachers, converted layers
-    exports/          layout files written by `hylo-search export`
-
-Only the driver writes to the storage, so SQLite is safe by default. A driver holds ``.driver.lock`` (an flock,
-released by the kernel when the process dies, even by kill -9) for as long as it runs: at start, with the lock held
-and a file storage, any trial still RUNNING belongs to a dead driver and is failed and retried at once. Server
-storages (PostgreSQL, MySQL) may be shared by several drivers: there, Optuna's heartbeat fails stale trials and
-:class:`optuna.storages.RetryHeartbeatStaleTrialCallback` retries them.
+Only the driver writes to the storage, so SQLite is safe by default. A driver holds an flock (released by the
+kernel when the process dies, even by kill -9) on the study folder (``.driver.lock``) and, for a file storage, on
+the storage file itself (``<file>.lock``), so two folders pointed at one SQLite or journal file cannot both drive
+it. With the locks held and a file storage, any trial still RUNNING belongs to a dead driver and is failed and
+retried at once. Server storages (PostgreSQL, MySQL) may be shared by several drivers: there, Optuna's heartbeat
+fails stale trials and :class:`optuna.storages.RetryHeartbeatStaleTrialCallback` retries them.
 """
 
 from __future__ import annotations
@@ -26,23 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-ENV_ROOT = "HYLO_RUNS_DIR"
-DEFAULT_ROOT = "hylo_runs"
-MANIFEST = "manifest.json"
-
-
-def output_root() -> Path:
-    return Path(os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
-
-
-def study_dir(name: str, out: str | os.PathLike | None = None) -> Path:
-    return Path(out) if out else output_root() / name
-
-
-def default_storage_url(folder: Path) -> str:
-    return f"sqlite:///{(folder / 'study.db').resolve()}"
+from .. import paths
+from ..errors import UsageError
 
 
 def check_storage_url(url: str) -> None:
@@ -51,9 +33,6 @@ def check_storage_url(url: str) -> None:
         if not url[len("journal:"):]:
             raise UsageError("--storage journal:PATH needs a path")
         return
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         make_url(url).get_dialect()  # knows the scheme without importing its driver or connecting
     except ArgumentError:
@@ -69,12 +48,7 @@ def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                  max_retry: int = 3) -> Any:
     """An Optuna storage for ``url``: ``journal:PATH`` (journal file), anything else an RDB URL. Heartbeats are
     turned on for server URLs only (see the module docstring)."""
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
         return JournalStorage(JournalFileBackend(url[len("journal:"):]))
     kwargs: dict[str, Any] = {}
     if heartbeat_interval and not is_file_storage(url):
@@ -97,42 +71,35 @@ class Manifest:
     version: str
 
     def write(self, folder: Path) -> None:
-        atomic_write_text(folder / MANIFEST, json.dumps(self.__dict__, indent=2) + "\n")
+        paths.atomic_write_text(folder / paths.MANIFEST, json.dumps(self.__dict__, indent=2) + "\n")
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:
         try:
-            return cls(**json.loads((folder / MANIFEST).read_text()))
+            return cls(**json.loads((folder / paths.MANIFEST).read_text()))
         except (OSError, ValueError, TypeError) as error:
-            raise UsageError(f"{folder}: not a study folder ({MANIFEST}: {error})") from None
+            raise UsageError(f"{folder}: not a study folder ({paths.MANIFEST}: {error})") from None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def find_run(name_or_dir: str) -> Path:
+def find_study_folder(name_or_dir: str) -> Path:
     """A study folder from a study name (under the output root) or a folder path."""
-    direct = Path(name_or_dir)
-    if (direct / MANIFEST).is_file():
-        return direct
-    under_root = output_root() / name_or_dir
-    if (under_root / MANIFEST).is_file():
-        return under_root
-    known = ", ".join(p.parent.name for p in sorted(output_root().glob(f"*/{MANIFEST}"))) or "none"
-    raise UsageError(f"no study {name_or_dir!r} under {output_root()}/ (nor a study folder at that path); "
-                     f"found: {known}")
+    root = paths.output_root()
+    for folder in (Path(name_or_dir), root / name_or_dir):
+        if (folder / paths.MANIFEST).is_file():
+            return folder
+    known = ", ".join(p.parent.name for p in sorted(root.glob(f"*/{paths.MANIFEST}"))) or "none"
+    raise UsageError(f"no study {name_or_dir!r} under {root}/ (nor a study folder at that path); found: {known}")
 
 
 @dataclass
-class RunHandle:
-    """An existing study folder opened read-only for reports: its manifest and the Optuna study."""
+class StudyFolder:
+    """An existing study folder opened for reports: its manifest and the Optuna study (``storage``: the URL it was
+    opened from)."""
 
     folder: Path
     manifest: Manifest
     study: Any
+    storage: str = ""
 
     @property
     def directions(self) -> list[str]:
@@ -143,17 +110,16 @@ class RunHandle:
         return [o["metric"] for o in self.manifest.objectives]
 
 
-def open_run(name_or_dir: str, storage: str | None = None) -> RunHandle:
-    import optuna
-
-    folder = find_run(name_or_dir)
+def open_study_folder(name_or_dir: str, storage: str | None = None) -> StudyFolder:
+    """Open a study folder (a name under the output root, or a path) and the storage its manifest names."""
+    folder = find_study_folder(name_or_dir)
     manifest = Manifest.read(folder)
     url = storage or manifest.storage
     try:
         study = optuna.load_study(study_name=manifest.name, storage=make_storage(url))
     except KeyError:
         raise UsageError(f"storage {url!r} has no study named {manifest.name!r}") from None
-    return RunHandle(folder, manifest, study)
+    return StudyFolder(folder, manifest, study, url)
 
 
 def storage_file(url: str) -> Path | None:
@@ -166,12 +132,11 @@ def storage_file(url: str) -> Path | None:
 
 
 class DriverLock:
-    """An exclusive flock on ``<folder>/.driver.lock`` (or another lock file); the kernel drops it when the holder
-    dies. A file storage outside the study folder gets its own lock beside it (``<file>.lock``), so two folders
-    pointed at one SQLite file cannot both take its RUNNING trials for their own."""
+    """An exclusive flock on ``<folder>/.driver.lock`` (or another lock file: :meth:`for_storage`); the kernel
+    drops it when the holder dies."""
 
     def __init__(self, folder: Path, path: Path | None = None) -> None:
-        self.path = path or folder / ".driver.lock"
+        self.path = path or folder / paths.DRIVER_LOCK
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -193,10 +158,16 @@ class DriverLock:
             os.close(self._fd)
             self._fd = None
 
+    @classmethod
+    def for_storage(cls, url: str) -> DriverLock | None:
+        """The lock of a file storage (``<file>.lock`` beside the SQLite or journal file), else None."""
+        file = storage_file(url)
+        return cls(file.parent, file.with_name(file.name + ".lock")) if file is not None else None
+
     @staticmethod
     def is_held(folder: Path) -> bool:
         """Whether a live driver holds the folder's lock (used by ``list`` to show "running")."""
-        path = folder / ".driver.lock"
+        path = folder / paths.DRIVER_LOCK
         if not path.exists():
             return False
         fd = os.open(path, os.O_RDONLY)

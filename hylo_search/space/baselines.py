@@ -1,30 +1,19 @@
-"""Known layouts every study is compared with, and the placements the ablation grid is built from.
-
-Placements of ``k`` kept layers (attention or MLA) among ``n`` layers, every other layer linear:
-
-* ``uniform`` — evenly spaced, ending at the last layer (uniform interleave, e.g. one attention every 4 layers);
-* ``smart``   — first and last layer kept, the rest evenly spaced between them (SMART-like layer selection);
-* ``end``     — the last k layers (attention only at the end); ``start`` — the first k layers.
-
-Baselines (:func:`baselines`), each kept only if the space can express it: the teacher (all attention), uniform
-interleave, SMART-like, attention at the end, all-GDN / all-Mamba2 (only where the count rules allow no full
-layer), all-MLA (smallest / middle / largest rank), a Zebra-Llama-like layout (MLA + Mamba2, evenly spaced) and an
-MLA + GDN layout at SMART positions. ``k`` is the largest count the
-space's count rules allow (counting fixed layers) for which the layout meets every constraint (else the
-smallest allowed).
+"""Known layouts every study is compared with (:func:`baselines`), each kept only if the space can express it: the
+teacher (all attention), uniform interleave, SMART-like and attention-at-the-end placements (:mod:`.placements`),
+all-GDN / all-Mamba2 (only where the count rules allow no full layer), all-MLA (smallest / middle / largest rank), a
+Zebra-Llama-like layout (MLA + Mamba2, evenly spaced) and an MLA + GDN layout at SMART positions. ``k`` is the
+largest count the space's count rules allow (counting fixed layers) for which the layout meets every constraint
+(else the smallest allowed).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import numpy as np
+from hylo_model.layout import CODE, LINEAR_MIXERS, layout_code, parse_token
 
-from .spaces import CODE, LINEAR, layout_code
-
-if TYPE_CHECKING:
-    from .spaces import CompiledSpace
+from .compiled import CompiledSpace
+from .placements import placed_layout
 
 
 @dataclass(frozen=True)
@@ -37,41 +26,15 @@ class Baseline:
         return layout_code(self.tokens)
 
 
-def positions(num_layers: int, k: int, placement: str) -> list[int]:
-    """Indices of the ``k`` kept layers (sorted, distinct)."""
-    k = max(0, min(k, num_layers))
-    if k == 0:
-        return []
-    if placement == "uniform":
-        return [round((j + 1) * num_layers / k) - 1 for j in range(k)]
-    if placement == "smart":
-        return sorted({int(round(x)) for x in np.linspace(0, num_layers - 1, k)})
-    if placement == "end":
-        return list(range(num_layers - k, num_layers))
-    if placement == "start":
-        return list(range(k))
-    raise ValueError(f"unknown placement {placement!r}; allowed: uniform, smart, end, start")
-
-
-def placed_layout(num_layers: int, placement: str, keep: str, n_keep: int, linear: str,
-                  mla_rank: int | None = None) -> list[str]:
-    """Tokens of a layout with ``n_keep`` ``keep`` layers at ``placement`` and ``linear`` elsewhere."""
-    keep_token = f"L{mla_rank}" if keep == "mla" else CODE[keep]
-    tokens = [CODE[linear]] * num_layers
-    for i in positions(num_layers, n_keep, placement):
-        tokens[i] = keep_token
-    return tokens
-
-
 def baselines(space: CompiledSpace) -> list[Baseline]:
     """The baselines that fit ``space`` (expressible by its per-layer choices), without duplicates."""
     if space.is_ablation:
         return []
     n = space.num_layers
-    ranks = sorted({int(t[1:]) for c in space.choices for t in c if t.startswith("L") and t[1:]}
+    ranks = sorted({rank for c in space.choices for _, rank in map(parse_token, c) if rank}
                    | set(space.global_ranks))
     mid_rank = ranks[len(ranks) // 2] if ranks else None
-    linear = [m for m in LINEAR if CODE[m] in {t for c in space.choices for t in c}]
+    linear = [m for m in LINEAR_MIXERS if CODE[m] in {t for c in space.choices for t in c}]
     keep_rules = [r for r in space.space.counts if set(r.mixers) <= {"attention", "mla"}]
     k_min = max([r.min for r in keep_rules] + [1])
     k_max = min([r.max for r in keep_rules if r.max is not None] + [max(1, n // 4)])

@@ -1,4 +1,5 @@
-"""The per-layer block library: every (layer, token) of a study's space trained once, stored, and reused.
+"""The per-layer block library, worker side: every (layer, token) of a study's space trained once, stored, and
+reused (the driver side, which plans the tasks and gathers the table, is :mod:`hylo_search.library`).
 
 **Blocks.** For every converted token a layer may take (``L128``, ``M``, ``G``...; attention is the teacher's own),
 the mixer is upcycled from the teacher in a layout where only its layer is converted (cached under
@@ -15,7 +16,7 @@ blocks whose file is missing.
 **Sensitivity.** Each block swapped alone into the teacher (every other layer the teacher's attention): held-out
 KL(teacher || student) and cross-entropy on the study's held-out sequences, and the probe drop (the teacher's probe
 score minus this one's) at ``library.probe_length`` (default: the study's target length). Stored beside the block
-(``<key>.<sensitivity key>.json``) and gathered into ``<study>/library.json`` (:mod:`.sensitivity` reads it).
+(``<key>.<sensitivity key>.json``) and gathered into ``<study>/library.json`` (:mod:`hylo_search.library.sensitivity` reads it).
 
 **Assembly.** :meth:`Library.assemble` builds any layout from its blocks without training: the dense weights are
 copied from the teacher and each converted layer's mixer is loaded from its block file (the ``assembled`` proxy).
@@ -26,41 +27,28 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .assembly import library_entries, token_order
-from .errors import UsageError
-from .executors import run_all
-from .layer_cache import MODEL_SOURCES, LayerCache, code_version, load_mixer, save_mixer
-from .objectives import recipe_data
-from .runs import atomic_write_text
-from .sensitivity import TABLE
-from .spaces import MIXER_OF_CODE
-from .study import StudyDef
+from safetensors import safe_open
+
+from hylo_model import upcycle
+from hylo_model.layout import parse_token
+from hylo_model.train import RecipeError, load_recipe, run_recipe
+
+from .. import paths
+from ..define.schema import StudyDef
+from ..errors import UsageError
+from ..scoring.proxy_kinds import recipe_data
+from .converted import MODEL_SOURCES, ConvertedLayers, code_version, load_mixer, save_mixer
 
 LIBRARY_CODE_VERSION = code_version(MODEL_SOURCES + ("train",))
-
-
-@dataclass
-class LibraryTask:
-    """One worker's share of the library: the blocks of ``token`` at ``layers`` (plain data, pickled to Ray)."""
-
-    study: dict[str, Any]
-    study_dir: str
-    token: str
-    layers: list[int]
-    threads: int | None = None
 
 
 def align_recipe(definition: StudyDef) -> Any:
     """The library's recipe as it runs: the align stages of ``library.recipe`` (else the proxy's), gradient
     clipping off (layers trained together stay independent), rescaled to ``library.tokens`` when given."""
-    from hylo_model.train import RecipeError, load_recipe
-
     name = definition.library_recipe()
     if not name:
         raise UsageError(f"study {definition.name}: field 'library.recipe': the block library needs a recipe with an "
@@ -94,12 +82,12 @@ def _digest(payload: Any, size: int = 32) -> str:
 
 class Library:
     """The block library of one study runtime (``runtime``: definition, study folder, teacher, its fingerprint and
-    tokenizer, held-out scoring, probes; see :class:`hylo_search.runtime.StudyRuntime`)."""
+    tokenizer, held-out scoring, probes; see :class:`hylo_search.worker.runtime.StudyRuntime`)."""
 
     def __init__(self, runtime: Any) -> None:
         definition: StudyDef = runtime.definition
         self.runtime = runtime
-        self.root = Path(runtime.study_dir) / "cache" / "library"
+        self.root = Path(runtime.study_dir) / paths.LIBRARY_CACHE
         self.probe_length, self.probe_samples = probe_setting(definition)
         self._sensitivity_key = _digest([definition.data.model_dump(mode="json"),
                                          definition.probes.model_dump(mode="json"), self.probe_length,
@@ -107,9 +95,9 @@ class Library:
         self._teacher_probe: float | None = None
 
     @functools.cached_property
-    def init_cache(self) -> LayerCache:
+    def init_cache(self) -> ConvertedLayers:
         definition = self.runtime.definition
-        return LayerCache(self.root / "init", self.runtime.fingerprint, definition.upcycle.options(), definition.seed)
+        return ConvertedLayers(self.root / "init", self.runtime.fingerprint, definition.upcycle.options(), definition.seed)
 
     @property
     def dtype(self) -> Any:
@@ -144,8 +132,6 @@ class Library:
     # --------------------------------------------------------------------------------------------- assembly
     def assemble(self, tokens: list[str]) -> tuple[Any, dict[str, int]]:
         """The student of ``tokens`` from library blocks, no training: ``(model, {"library_blocks": n})``."""
-        from hylo_model import upcycle
-
         missing = self.missing(tokens)
         if missing:
             raise RuntimeError(f"the block library has no block for layer {missing[0]} ({tokens[missing[0]]})"
@@ -172,8 +158,6 @@ class Library:
         return {"rows": rows, "trained": todo, "optimizer_steps": steps}
 
     def _train(self, token: str, layers: list[int]) -> int:
-        from hylo_model.train import run_recipe
-
         runtime = self.runtime
         teacher = runtime.teacher
         count = teacher.config.num_hidden_layers
@@ -204,8 +188,6 @@ class Library:
         return steps
 
     def _row(self, layer: int, token: str, trained: bool) -> dict[str, Any]:
-        from safetensors import safe_open
-
         path = self.block_path(layer, token)
         with safe_open(str(path), "pt") as handle:
             meta = json.loads((handle.metadata() or {}).get("entry", "{}"))
@@ -214,9 +196,9 @@ class Library:
             scores = json.loads(sensitivity.read_text())
         else:
             scores = self._sensitivity(layer, token)
-            atomic_write_text(sensitivity, json.dumps(scores))
-        return {"layer": layer, "token": token, "mixer": MIXER_OF_CODE[token[0]],
-                "rank": int(token[1:]) if token[1:] else None, "key": path.stem, **scores,
+            paths.atomic_write_text(sensitivity, json.dumps(scores))
+        mixer, rank = parse_token(token)
+        return {"layer": layer, "token": token, "mixer": mixer, "rank": rank, "key": path.stem, **scores,
                 "align_before": meta.get("align_before"), "align_after": meta.get("align_after"),
                 "train_steps": meta.get("steps"), "train_tokens": meta.get("tokens"),
                 "train_s": meta.get("seconds"), "trained": trained}
@@ -242,69 +224,3 @@ class Library:
         return self._teacher_probe
 
 
-# ------------------------------------------------------------------------------------------------ the driver
-@dataclass
-class LibrarySummary:
-    entries: int
-    trained: int
-    reused: int
-    optimizer_steps: int
-    seconds: float
-    path: Path
-    failures: list[str]
-
-
-def plan_tasks(entries: list[tuple[int, str]], capacity: int,
-               layers_per_task: int | None = None) -> list[tuple[str, list[int]]]:
-    """(token, layers) tasks: each token's layers split into chunks of ``layers_per_task``, or by default into
-    enough chunks that ``capacity`` workers all have work (one chunk per token when workers are fewer)."""
-    by_token: dict[str, list[int]] = {}
-    for layer, token in entries:
-        by_token.setdefault(token, []).append(layer)
-    tasks = []
-    for token in sorted(by_token, key=token_order):
-        layers = by_token[token]
-        chunks = math.ceil(len(layers) / layers_per_task) if layers_per_task else \
-            min(len(layers), math.ceil(capacity / len(by_token)))
-        bounds = [round(k * len(layers) / chunks) for k in range(chunks + 1)]  # near-equal, in layer order
-        tasks += [(token, layers[a:b]) for a, b in zip(bounds, bounds[1:])]
-    return tasks
-
-
-def build_library(loaded: Any, folder: Path, executor: Any, threads: int | None = None,
-                  report: Callable[[str, dict[str, Any]], None] | None = None) -> LibrarySummary:
-    """Build (or complete) the library of ``loaded`` with ``executor`` and write ``<folder>/library.json``.
-
-    Every task is submitted; a worker trains only the blocks whose file is missing and scores only the missing
-    sensitivities, so a complete library costs one teacher load per worker and no training."""
-
-    report = report or (lambda event, info: None)
-    align_recipe(loaded.definition)  # a recipe problem is a usage error, before any task
-    entries = library_entries(loaded.space)
-    tasks = plan_tasks(entries, executor.capacity, loaded.definition.library_config().layers_per_task)
-    resolved, study_dir = loaded.resolved(), str(folder.resolve())
-    report("library_started", {"entries": len(entries), "tasks": len(tasks)})
-    began = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    failures: list[str] = []
-    steps = 0
-    work = [LibraryTask(resolved, study_dir, token, layers, threads) for token, layers in tasks]
-    for number, record in run_all(executor, work):
-        token, layers = tasks[number]
-        if record.get("status") != "ok":
-            failures.append(f"{token} at layers {layers}: {record.get('failure', 'no result')}")
-            continue
-        rows += [{**row, "node": record.get("node")} for row in record["rows"]]
-        steps += record["optimizer_steps"]
-        report("library_task", {"token": token, "layers": layers, "trained": record["trained"],
-                                "seconds": record.get("seconds")})
-    rows.sort(key=lambda r: (r["layer"], token_order(r["token"])))
-    table = {"study": loaded.name, "fingerprint": loaded.fingerprint(), "teacher": loaded.definition.teacher,
-             "target_length": loaded.definition.target_length, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-             "complete": not failures and len(rows) == len(entries), "rows": rows}
-    path = folder / TABLE
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(table, indent=1) + "\n")
-    trained = sum(r["trained"] for r in rows)
-    return LibrarySummary(len(entries), trained, len(rows) - trained, steps, time.perf_counter() - began, path,
-                          failures)

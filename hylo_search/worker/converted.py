@@ -1,7 +1,8 @@
-"""Converted layers reused across trials: one safetensors file per (teacher, layer, token, options, seed, code).
+"""Converted layers reused across trials (not the model's KV cache): one safetensors file per (teacher, layer,
+token, options, seed, code).
 
 Upcycling an MLA layer costs an SVD per layer, and a study converts the same (layer, mixer, rank) in many layouts.
-:meth:`LayerCache.build` upcycles a layout once with the teacher init for the layers it has never seen, stores each
+:meth:`ConvertedLayers.build` upcycles a layout once with the teacher init for the layers it has never seen, stores each
 converted mixer's tensors, and builds later layouts whose layers are all cached with ``init="random"`` (no SVD,
 only the dense copy) before loading the cached mixers over them.
 
@@ -15,19 +16,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+
+import hylo_model
+from hylo_model import upcycle
+from hylo_model.atomic import atomic_path
+from hylo_model.upcycle import TeacherSource
 
 MODEL_SOURCES = ("config.py", "model.py", "layers", "upcycle", "ops")
 
 
 def code_version(sources: tuple[str, ...] = MODEL_SOURCES) -> str:
     """A digest of the package version and the named files / folders of :mod:`hylo_model`."""
-    import hylo_model
-
     root = Path(hylo_model.__file__).parent
     digest = hashlib.sha256(hylo_model.__version__.encode())
     for name in sources:
@@ -44,12 +48,12 @@ CODE_VERSION = code_version()
 @torch.no_grad()
 def teacher_fingerprint(model: Any) -> str:
     """The teacher's identity, as upcycling records it in a student's provenance."""
-    from hylo_model.upcycle import TeacherSource
-
     return TeacherSource.from_any(model).fingerprint()
 
 
-class LayerCache:
+class ConvertedLayers:
+    """The converted-layer cache of one study under ``root`` (see the module docstring)."""
+
     def __init__(self, root: Path, fingerprint: str, options: dict[str, Any], seed: int) -> None:
         self.root = Path(root)
         self.fingerprint = fingerprint
@@ -65,8 +69,6 @@ class LayerCache:
 
     def build(self, teacher: Any, tokens: list[str]) -> tuple[Any, dict[str, int]]:
         """The upcycled student of ``tokens`` and ``{"layer_cache_hits": h, "layer_cache_misses": m}``."""
-        from hylo_model import upcycle
-
         dtype = next(teacher.parameters()).dtype
         keys = {i: self.key(i, token, dtype) for i, token in enumerate(tokens) if token != "A"}
         cached = {i for i, key in keys.items() if self.path(key).is_file()}
@@ -81,16 +83,11 @@ class LayerCache:
 
 
 def save_mixer(mixer: Any, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """A mixer's tensors as one safetensors file, written atomically (temp file, then rename)."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in mixer.state_dict().items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    """A mixer's tensors as one safetensors file, written atomically."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in mixer.state_dict().items()}, str(tmp),
+                  metadata=metadata)
 
 
 def load_mixer(mixer: Any, path: Path) -> None:
-    from safetensors.torch import load_file
-
     mixer.load_state_dict(load_file(str(path)), strict=True)

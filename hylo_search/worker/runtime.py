@@ -1,11 +1,8 @@
-"""The worker side: ``run_task(task) -> record`` (what the local and Ray executors call) runs a trial
-(:class:`TrialTask`, :func:`run_trial`) or a share of the block library (:class:`~.library.LibraryTask`).
+"""What every task of a study shares inside one worker process: :class:`StudyRuntime`.
 
-A :class:`StudyRuntime` holds what every trial of a study shares — the teacher (loaded once per process), its
-tokenizer and fingerprint, the held-out sequences (and the teacher's log-probabilities on them), the layer cache,
-the block library and the proxy / probe plug-ins — and is kept per process, so a Ray worker that runs several
-trials loads the teacher once. Tasks never raise: OOM, NaN and exceptions come back as a record with
-``status: fail``.
+It holds the teacher (loaded once per process), its tokenizer and fingerprint, the held-out sequences (and the
+teacher's log-probabilities on them), the converted-layer cache, the block library and the proxy / probe plug-ins;
+a Ray worker that runs several trials loads the teacher once.
 """
 
 from __future__ import annotations
@@ -13,43 +10,28 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
-import os
-import platform
-import sys
-import time
-import traceback
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
-from .layer_cache import LayerCache, teacher_fingerprint
-from .library import Library, LibraryTask
-from .objectives import ProbeResult, ProxyResult, probe_class, proxy_class
-from .study import ProxyConfig, StudyDef
-from .teachers import teacher_directory
+from .. import paths
+from ..define.schema import ProxyConfig, StudyDef
+from ..define.teachers import teacher_directory
+from ..scoring.api import TrialContext
+from ..scoring.kinds import probe_class, proxy_class
+from .blocks import Library
+from .converted import ConvertedLayers, teacher_fingerprint
+from .data import token_sequences
 
 _TEACHER_LOGPROB_LIMIT = 64 * 2**20  # cache the teacher's held-out log-probs only below this many floats
 
 
-@dataclass
-class TrialTask:
-    """Everything a worker needs, as plain data (pickled to Ray workers). ``proxy``: a proxy config (mapping)
-    that replaces the study's for this trial (a first tier, the audit's longer proxy)."""
-
-    study: dict[str, Any]
-    study_dir: str
-    number: int
-    tokens: list[str]
-    seed: int
-    threads: int | None = None
-    proxy: dict[str, Any] | None = None
-
-
 class StudyRuntime:
+    """One study's shared state in this worker process (see the module docstring)."""
+
     _current: tuple[str, StudyRuntime] | None = None
 
     @classmethod
@@ -62,13 +44,10 @@ class StudyRuntime:
         return cls._current[1]
 
     def __init__(self, study: dict[str, Any], study_dir: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()
         self.definition = StudyDef.model_validate(study)
         self.study_dir = study_dir
-        cache_dir = study_dir / "cache"
+        cache_dir = study_dir / paths.CACHE
         wants_gpu = self.definition.executor.resources.num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if wants_gpu else "cpu")
         # CPU runs in float32 (bf16 matmuls are slow there); GPUs in bf16.
@@ -83,12 +62,14 @@ class StudyRuntime:
             self.tokenizer = None
         self.fingerprint = teacher_fingerprint(self.teacher)
         options = self.definition.upcycle.options()
-        self.layer_cache = LayerCache(cache_dir / "layers", self.fingerprint, options, self.definition.seed)
+        self.converted = ConvertedLayers(study_dir / paths.CONVERTED_LAYERS, self.fingerprint, options,
+                                         self.definition.seed)
         self._teacher_logprobs: list[torch.Tensor] | None = None
         self._documents: dict[tuple[int, int], torch.Tensor] = {}
         self._proxies: dict[str, Any] = {}
         self.proxy_for(None)  # the study's own proxy, built (and its options checked) up front
-        self.probes = probe_class(self.definition.probes.kind)(self.definition.probes, self.definition)
+        self._probes: dict[str, Any] = {}
+        self.probes = self.probes_for(None)
         self.library = Library(self)
 
     def proxy_for(self, config: dict[str, Any] | None) -> Any:
@@ -98,6 +79,14 @@ class StudyRuntime:
         if key not in self._proxies:
             self._proxies[key] = proxy_class(proxy.kind)(proxy, self.definition)
         return self._proxies[key]
+
+    def probes_for(self, overrides: dict[str, Any] | None) -> Any:
+        """The probe plug-in of the study's probe config with ``overrides`` (fields such as ``samples``)."""
+        config = self.definition.probes.model_copy(update=overrides or {})
+        key = config.model_dump_json()
+        if key not in self._probes:
+            self._probes[key] = probe_class(config.kind)(config, self.definition)
+        return self._probes[key]
 
     # -------------------------------------------------------------------------------------------------- data
     @functools.cached_property
@@ -109,8 +98,6 @@ class StudyRuntime:
 
     def sequences(self, length: int, count: int, stream: int) -> torch.Tensor:
         """``[count, length]`` token ids from the study's data source, fixed by (seed, stream, length)."""
-        from .data import token_sequences
-
         return token_sequences(self.definition.data.source, count, length, self.definition.seed * 1000 + stream,
                                teacher=self.teacher, tokenizer=self.tokenizer).to(self.device)
 
@@ -174,117 +161,3 @@ class StudyRuntime:
         return hits / total
 
 
-@dataclass
-class TrialContext:
-    """What a plug-in sees: the runtime (teacher, tokenizer, held-out data), the layout, the seed, and the student
-    (built lazily through the layer cache)."""
-
-    runtime: StudyRuntime
-    tokens: list[str]
-    seed: int
-    number: int
-    timings: dict[str, float] = field(default_factory=dict)
-    cache_stats: dict[str, int] = field(default_factory=dict)
-    _student: Any = None
-
-    @property
-    def layout(self) -> str:
-        return ",".join(self.tokens)
-
-    def student(self) -> Any:
-        if self._student is None:
-            with timed(self.timings, "upcycle_s"):
-                self._student, self.cache_stats = self.runtime.layer_cache.build(self.runtime.teacher, self.tokens)
-        return self._student
-
-    def assembled(self) -> Any:
-        """The layout built from the block library (no training)."""
-        if self._student is None:
-            with timed(self.timings, "assemble_s"):
-                self._student, self.cache_stats = self.runtime.library.assemble(self.tokens)
-        return self._student
-
-
-@contextmanager
-def timed(timings: dict[str, float], key: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[key] = round(time.perf_counter() - start, 4)
-
-
-def run_task(task: TrialTask | LibraryTask) -> dict[str, Any]:
-    """What an executor runs: a trial, or a share of the block library."""
-    if isinstance(task, LibraryTask):
-        return run_library_task(task)
-    return run_trial(task)
-
-
-@contextmanager
-def _worker(record: dict[str, Any], threads: int | None) -> Iterator[None]:
-    """The worker side of every task: its torch threads, where it ran, and any failure stored in the record as
-    ``failure`` (``oom:`` / ``nan:`` / ``exception:``, with the traceback's tail) instead of raised — one failed task
-    must not stop the study (the driver reports it)."""
-    if threads:
-        torch.set_num_threads(threads)
-    record.update(host=platform.node(), pid=os.getpid(), node=_node_id(), status="fail")
-    try:
-        yield
-    except torch.OutOfMemoryError as error:
-        record["failure"] = f"oom: {str(error).splitlines()[0] if str(error) else 'out of memory'}"
-    except Exception as error:  # noqa: BLE001
-        # The training code reports a diverged run as NonFiniteLossError: that is a NaN failure, not a bug.
-        kind = "nan" if "NonFinite" in type(error).__name__ else "exception"
-        record["failure"] = f"{kind}: {type(error).__name__}: {error}"
-        record["traceback"] = "".join(traceback.format_exc().splitlines(keepends=True)[-12:])
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
-def run_library_task(task: LibraryTask) -> dict[str, Any]:
-    """Train the missing blocks of ``task`` and score their sensitivity; failures are records."""
-    record: dict[str, Any] = {"token": task.token, "layers": task.layers}
-    began = time.perf_counter()
-    with _worker(record, task.threads):
-        runtime = StudyRuntime.get(task.study, task.study_dir)
-        record.update(runtime.library.build(task.token, list(task.layers)), status="ok")
-    record["seconds"] = round(time.perf_counter() - began, 4)
-    return record
-
-
-def run_trial(task: TrialTask) -> dict[str, Any]:
-    """Run one trial (upcycle -> proxy -> probes) and return its record; failures are records, not exceptions."""
-    record: dict[str, Any] = {"number": task.number}
-    timings: dict[str, float] = {}
-    with _worker(record, task.threads):
-        with timed(timings, "setup_s"):
-            runtime = StudyRuntime.get(task.study, task.study_dir)
-            proxy_plugin = runtime.proxy_for(task.proxy)
-        ctx = TrialContext(runtime, list(task.tokens), task.seed, task.number, timings)
-        with timed(timings, "proxy_s"):
-            proxy: ProxyResult = proxy_plugin(ctx)
-        with timed(timings, "probes_s"):
-            probes: ProbeResult = runtime.probes(ctx, proxy.model)
-        metrics = {**proxy.metrics, **probes.metrics}
-        bad = [k for k, v in metrics.items() if not math.isfinite(float(v))]
-        record.update(
-            metrics={k: float(v) for k, v in metrics.items()}, losses=proxy.losses, layer_table=proxy.layers,
-            probe_table=probes.table, details=proxy.details, cache=ctx.cache_stats,
-            teacher_fingerprint=runtime.fingerprint, device=str(runtime.device),
-        )
-        if bad:
-            record["failure"] = f"nan: {', '.join(bad)} not finite"
-        else:
-            record["status"] = "ok"
-    record["timings"] = timings
-    return record
-
-
-def _node_id() -> str:
-    """The Ray node this runs on (inside a Ray task), else ``local:<host>``."""
-    ray = sys.modules.get("ray")  # only a Ray worker has imported it; never import it for a local run
-    if ray is not None and ray.is_initialized():
-        return ray.get_runtime_context().get_node_id()
-    return f"local:{platform.node()}"

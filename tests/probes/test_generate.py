@@ -21,7 +21,7 @@ from hylo_search.probes import (
     write_jsonl,
     write_samples,
 )
-from hylo_search.probes import tasks as T
+from hylo_search.probes import tasks as task_specs
 from hylo_search.probes.haystack import compose_essays, essay_words, split_sentences
 from tests.probes.helpers import probe_tokenizer
 
@@ -39,9 +39,9 @@ def _unit_tokens(tok, task: str) -> int:
     family = TASKS[task].family
     if family == "niah" and TASKS[task].haystack == "needle":
         value = "bfc91966-03f8-48ca-b4d0-9ee56d7ab08d" if "uuids" in TASKS[task].args.values() else "1234567"
-        return count_tokens(tok, "\n" + T.NIAH_NEEDLE.format(type_needle_v="numbers", key=value, value=value))
+        return count_tokens(tok, "\n" + task_specs.NIAH_NEEDLE.format(type_needle_v="numbers", key=value, value=value))
     if TASKS[task].haystack == "noise" or family == "vt":
-        return count_tokens(tok, "\n" + T.NOISE)
+        return count_tokens(tok, "\n" + task_specs.NOISE)
     return 12  # a word of the essay, a word's list entries (cwe), a coded word's repeats (fwe)
 
 
@@ -75,7 +75,7 @@ def test_needle_sits_at_requested_depth(tok, task, depth):
     end = s.input.rindex("\nWhat ")
     context = s.input[start:end]
     needle_at = min(context.index(f"is: {v}.") for v in s.outputs)
-    unit = max(len(T.NOISE), len(T.NIAH_NEEDLE) + 80, 200) + 1  # a line, or an essay sentence
+    unit = max(len(task_specs.NOISE), len(task_specs.NIAH_NEEDLE) + 80, 200) + 1  # a line, or an essay sentence
     assert abs(needle_at - depth / 100 * len(context)) <= unit * len(s.depths)  # needles stack at one depth
     assert all(abs(d - depth) <= 100 * unit * len(s.depths) / len(context) for d in s.depths)  # stacked needles
     # The same depth measured in tokens.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from hylo_search.objectives import ProxyResult, UpcycleKL
+from hylo_search.scoring import ProxyResult, UpcycleKL
 
 
 class SlowProxy(UpcycleKL):

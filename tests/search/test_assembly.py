@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from hylo_search.assembly import block_scores, greedy, layout_score, library_entries, solve, solve_pool
-from hylo_search.library import plan_tasks
+from hylo_search.library.build import plan_tasks
+from hylo_search.library.solver import block_scores, greedy, layout_score, library_entries, solve, solve_pool
 from hylo_search.study import load_study
 
 from .helpers import write_study

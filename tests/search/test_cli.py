@@ -18,9 +18,9 @@ import torch
 from optuna.trial import TrialState
 
 from hylo_model import upcycle
+from hylo_search.define.layout_files import read_layout
 from hylo_search.errors import UsageError
-from hylo_search.layout_files import read_layout
-from hylo_search.results import export_layout
+from hylo_search.results.trial import export_layout
 
 from .helpers import brute_force_front, cli_env, hylo, write_study
 

@@ -10,10 +10,11 @@ import yaml
 from accelerate import init_empty_weights
 
 from hylo_model import HyLoForCausalLM, cache_bytes
-from hylo_search.baselines import baselines, positions
-from hylo_search.definitions import definition_dirs, shipped_names
+from hylo_search.define.files import definition_dirs, shipped_names
 from hylo_search.errors import UsageError
-from hylo_search.spaces import Budget, CountRule, SearchSpace, select_layers
+from hylo_search.space.baselines import baselines
+from hylo_search.space.placements import positions
+from hylo_search.space.rules import Budget, CountRule, SearchSpace, select_layers
 from hylo_search.study import load_study, student_config_for
 
 from .helpers import write_study

@@ -11,13 +11,13 @@ import torch
 from optuna.trial import TrialState
 
 from hylo_model import upcycle
-from hylo_search.engine import options_for, run_study
 from hylo_search.errors import UsageError
-from hylo_search.layer_cache import LayerCache, teacher_fingerprint
-from hylo_search.results import INTERRUPTED_ATTR, pareto_front, trial_counts
-from hylo_search.runs import DriverLock, open_run
-from hylo_search.runtime import StudyRuntime
+from hylo_search.search.run import options_for, run_study
+from hylo_search.search.storage import DriverLock, open_study_folder
+from hylo_search.search.trials import INTERRUPTED_ATTR, pareto_front, trial_counts
 from hylo_search.study import load_study
+from hylo_search.worker.converted import ConvertedLayers, teacher_fingerprint
+from hylo_search.worker.runtime import StudyRuntime
 
 from .helpers import brute_force_front, write_study
 
@@ -28,7 +28,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def _run(path, out, **kwargs):
     loaded = load_study(path)
     summary = run_study(loaded, options_for(loaded, out=str(out), **kwargs))
-    return loaded, summary, open_run(str(out)).study
+    return loaded, summary, open_study_folder(str(out)).study
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_layer_cache_reuses_conversions(tmp_path):
     loaded = load_study(write_study(tmp_path))
     runtime = StudyRuntime(loaded.resolved(), tmp_path / "run")
     teacher, options = runtime.teacher, loaded.definition.upcycle.options()
-    cache = LayerCache(tmp_path / "layers", teacher_fingerprint(teacher), options, seed=0)
+    cache = ConvertedLayers(tmp_path / "layers", teacher_fingerprint(teacher), options, seed=0)
     first, stats = cache.build(teacher, ["L8", "G", "A", "G"])
     assert stats == {"layer_cache_hits": 0, "layer_cache_misses": 3}
     fresh = upcycle(teacher, "L8,G,A,G", seed=0, **options)

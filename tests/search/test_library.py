@@ -13,12 +13,14 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from hylo_search.define.schema import ProxyConfig
 from hylo_search.errors import UsageError
 from hylo_search.executors.local import LocalExecutor
-from hylo_search.assembly import library_entries
-from hylo_search.library import build_library
-from hylo_search.runtime import StudyRuntime, TrialContext
-from hylo_search.study import ProxyConfig, load_study
+from hylo_search.library.build import build_library
+from hylo_search.library.solver import library_entries
+from hylo_search.scoring import TrialContext
+from hylo_search.study import load_study
+from hylo_search.worker.runtime import StudyRuntime
 
 from .helpers import hylo, write_study
 

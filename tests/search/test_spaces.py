@@ -6,8 +6,8 @@ import numpy as np
 import optuna
 import pytest
 
-from hylo_search.baselines import baselines
-from hylo_search.sampler import PROPOSED_ATTR, RepairSampler, make_sampler, repair
+from hylo_search.search.sampler import PROPOSED_ATTR, RepairSampler, make_sampler, repair
+from hylo_search.space.baselines import baselines
 from hylo_search.study import load_study
 
 from .helpers import write_study

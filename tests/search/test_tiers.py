@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from hylo_search.assembly import block_scores, solve_pool
-from hylo_search.engine import POOL_ATTR, options_for, run_study
-from hylo_search.results import audit_warnings_of, pareto_front, trial_counts
-from hylo_search.runs import open_run
+from hylo_search.library.solver import block_scores, solve_pool
+from hylo_search.results.front import audit_warnings_of
+from hylo_search.search.run import POOL_ATTR, options_for, run_study
+from hylo_search.search.storage import open_study_folder
+from hylo_search.search.trials import pareto_front, trial_counts
 from hylo_search.study import load_study
 
 from .helpers import brute_force_front, hylo, write_study
@@ -32,7 +33,7 @@ def tiered(tmp_path_factory):
     path = write_study(folder, **TWO_TIERS)
     loaded = load_study(path)
     summary = run_study(loaded, options_for(loaded, out=str(folder / "run")))
-    return loaded, summary, open_run(str(folder / "run")).study, folder
+    return loaded, summary, open_study_folder(str(folder / "run")).study, folder
 
 
 def _ranked_independently(trials, directions):
@@ -107,7 +108,7 @@ def test_a_rerun_adds_nothing(tiered):
     before = len(study.trials)
     summary = run_study(loaded, options_for(loaded, out=str(folder / "run")))
     assert summary.stop_reason == "reached 8 trials; 3 promoted to recipe"
-    assert len(open_run(str(folder / "run")).study.trials) == before
+    assert len(open_study_folder(str(folder / "run")).study.trials) == before
 
 
 def test_the_audit_reports_rank_correlations_on_eight_layouts(tiered):

@@ -13,11 +13,11 @@ import optuna
 import pandas as pd
 import pytest
 
-from hylo_search.teachers import builtin_spec, teacher_directory
+from hylo_search.define.teachers import builtin_spec, teacher_directory
 
 from .helpers import hylo
 
-BASELINE_TRIALS = 12  # the tiny space's baselines on a 2-layer teacher (see hylo_search.baselines)
+BASELINE_TRIALS = 12  # the tiny space's baselines on a 2-layer teacher (see hylo_search.space.baselines)
 
 
 @pytest.fixture(scope="module")
