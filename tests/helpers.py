@@ -96,3 +96,15 @@ def fla_reference(op: str):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
+
+
+def assert_fla_refuses_gated_backward() -> None:
+    """fla's own gated chunk backward kernel (``chunk_bwd_dqkwg``, which GDN's and simple GLA's backwards reach)
+    raises on this GPU (Hopper with 3.4 <= Triton < 3.7.1, fla #640). Called alone on tiny tensors: it refuses
+    before reading them, where reaching it through a whole backward first autotunes every earlier kernel (minutes)."""
+    import pytest
+    from fla.ops.common.chunk_o import chunk_bwd_dqkwg
+
+    t = torch.zeros(1, 64, 1, 64, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="#640"):
+        chunk_bwd_dqkwg(t, t, t, t, t, t, g=torch.zeros(1, 64, 1, device="cuda"))

@@ -9,7 +9,8 @@ from hylo_model import HyLoCache
 from tests.helpers import MIXED_LAYOUT, tiny_model
 
 LAYOUTS = ["A,A", "L24,L16", "M,M", "G,G", MIXED_LAYOUT]
-ATOL = 2e-5
+# Largest measured |diff| of float32 logits over these invariants: 4.8e-7 (x86-64 CPU, torch 2.13.0+cpu).
+ATOL = 2e-6
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

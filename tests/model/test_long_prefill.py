@@ -225,4 +225,5 @@ def test_chunked_attention_bf16_accumulates_in_float32():
     out = chunked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.25, block_size=64)
     assert out.dtype == torch.bfloat16
     expected = naive_attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(), 0.25)
-    torch.testing.assert_close(out.float(), expected, rtol=0, atol=1e-2)
+    # One bf16 step at the largest output (|out| <= 0.295, step 2^-9); measured 8.9e-4, the final rounding alone.
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=2**-9)

@@ -39,7 +39,8 @@ def run_with_grads(fn, inputs, seed=1):
     return y, state, grads
 
 
-def assert_close(actual, expected, rtol=1e-5, name=""):
+def assert_close(actual, expected, rtol=1e-6, name=""):
+    # float32 paths against each other: measured max |diff| <= 2.3e-7 of the reference's largest value.
     atol = rtol * max(expected.abs().max().item(), 1e-6)
     torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
@@ -168,6 +169,7 @@ GPU_CASES = [(4096, True), (1000, True), (1000, False), (2, True), (64, False)]
     "seqlen,state", GPU_CASES, ids=[f"B2-T{t}-C1536-W4-{'state' if s else 'zero'}" for t, s in GPU_CASES]
 )
 @pytest.mark.gpu
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to the torch path fails
 @cuda_only
 def test_fast_matches_torch_bf16(seqlen, state):
     require_fla()
@@ -190,6 +192,7 @@ def test_fast_matches_torch_bf16(seqlen, state):
 
 @pytest.mark.parametrize("state", [False, True], ids=["zero-state", "state"])
 @pytest.mark.gpu
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to the torch path fails
 @cuda_only
 def test_fast_decode_matches_torch_bf16(state):
     require_fla()

@@ -16,9 +16,11 @@ from hylo_model.ops.gated_delta import (
     naive_gated_delta_rule,
     recurrent_gated_delta_rule,
 )
-from tests.helpers import fla_reference
+from tests.helpers import assert_fla_refuses_gated_backward, fla_reference
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# On the GPU a fallback to the PyTorch path is an error (the fast path is forced, and a warning fails the test).
+no_fallback = pytest.mark.filterwarnings("error::RuntimeWarning")
 
 
 def make_inputs(B, T, H, HV, K, V, *, seed=0, with_state=False, normalized_k=True, dtype=torch.float32, device="cpu"):
@@ -201,7 +203,7 @@ def test_public_entry_dispatch_and_dtypes(monkeypatch):
 
         o_bf16, state_none = gated_delta_rule(q, k, v.bfloat16(), g, beta, initial_state=h0)
         assert o_bf16.dtype == torch.bfloat16 and state_none is None
-        assert rel_err(o_bf16, o_ref) < 1e-2
+        assert rel_err(o_bf16, o_ref) < 1e-2  # bf16 v and o: measured 2.3e-3
 
 
 @pytest.mark.parametrize("with_state", [False, True], ids=["h0-none", "h0"])
@@ -260,6 +262,7 @@ def _check_errors(label, errors):
 
 @pytest.mark.gpu
 @requires_cuda
+@no_fallback
 @CUDA_CASES
 def test_fla_chunk_forward_matches_torch_on_cuda(T, H, HV):
     """fla's chunk kernel on bf16 inputs vs the PyTorch chunked form in float32 on the same (upcast) values."""
@@ -276,6 +279,7 @@ def test_fla_chunk_forward_matches_torch_on_cuda(T, H, HV):
 
 @pytest.mark.gpu
 @requires_cuda
+@no_fallback
 @CUDA_CASES
 def test_fla_chunk_backward_matches_torch_on_cuda(T, H, HV):
     """Gradients of fla's chunk kernel (bf16) vs autograd through the PyTorch chunked form (float32)."""
@@ -288,7 +292,9 @@ def test_fla_chunk_backward_matches_torch_on_cuda(T, H, HV):
         with pytest.warns(RuntimeWarning, match="#640"):
             o, _ = _run_entry(*inputs)  # auto: falls back to the PyTorch path
         assert o.requires_grad
-        return  # fla's chunk backward cannot run here (fla #640): the refusal and the fallback above are the test
+        assert_fla_refuses_gated_backward()  # the refusal is fla's own, not only our dispatcher's
+        pytest.skip(f"fla refuses its chunk backward on {torch.cuda.get_device_name()} with this Triton "
+                    "(fla #640); the refusal was asserted")
     inputs_ref = [x.detach().float().requires_grad_() for x in inputs]
     with backend.force_backend("fast"):
         o, state, grads = outputs_and_grads(_run_entry, inputs)
@@ -301,6 +307,7 @@ def test_fla_chunk_backward_matches_torch_on_cuda(T, H, HV):
 
 @pytest.mark.gpu
 @requires_cuda
+@no_fallback
 def test_fla_fused_recurrent_decode_matches_torch_on_cuda():
     """One decode token with a carried state: fla's fused_recurrent kernel vs the PyTorch recurrent form."""
     inputs = [x.detach() for x in _cuda_inputs(1, 8, 16, B=2)]

@@ -40,11 +40,12 @@ def test_chunked_equals_unchunked(n, chunk, tau, kl_w, ce_w):
     hidden.grad = weight.grad = None
     ref_loss, ref_kl, ref_ce = distill_loss_reference(hidden, weight, t_hidden, t_weight, **options)
     ref_loss.backward()
-    assert abs(loss.item() - ref_loss.item()) <= 1e-5 * abs(ref_loss.item()) + 1e-7
-    assert abs(kl.item() - ref_kl.item()) <= 1e-5 * abs(ref_kl.item()) + 1e-7
-    assert abs(ce.item() - ref_ce.item()) <= 1e-5 * abs(ref_ce.item()) + 1e-7
-    assert _rel(grads[0], hidden.grad) < 1e-5, "d loss / d hidden"
-    assert _rel(grads[1], weight.grad) < 1e-5, "d loss / d lm_head"
+    # Measured over these 28 cases: values <= 1.8e-7 relative, gradients <= 2.1e-7.
+    assert abs(loss.item() - ref_loss.item()) <= 1e-6 * abs(ref_loss.item()) + 1e-7
+    assert abs(kl.item() - ref_kl.item()) <= 1e-6 * abs(ref_kl.item()) + 1e-7
+    assert abs(ce.item() - ref_ce.item()) <= 1e-6 * abs(ref_ce.item()) + 1e-7
+    assert _rel(grads[0], hidden.grad) < 1e-6, "d loss / d hidden"
+    assert _rel(grads[1], weight.grad) < 1e-6, "d loss / d lm_head"
 
 
 def test_frozen_head_gets_no_gradient_and_hidden_still_does():
@@ -58,7 +59,7 @@ def test_frozen_head_gets_no_gradient_and_hidden_still_does():
 def test_kl_is_zero_when_student_equals_teacher():
     hidden, weight, _, _, rows = _case(40)
     loss, kl, _ = distill_loss(hidden, weight, hidden.detach(), weight.detach(), chunk=9, **rows)
-    assert abs(kl.item()) < 1e-6 and abs(loss.item()) < 1e-6
+    assert kl.item() == 0.0 and loss.item() == 0.0  # both sides are the same numbers through the same ops
 
 
 def test_memory_stays_bounded_at_long_sequences():

@@ -1,0 +1,85 @@
+"""The one-token convolution step (decode) against the general convolution, and on CUDA its Triton kernel against
+the PyTorch form; the lean decode steps of Gated DeltaNet and Mamba2 on CUDA against their float32 reference."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from hylo_model import HyLoCache
+from hylo_model.ops import backend
+from hylo_model.ops.conv import causal_conv1d_torch, conv_step, conv_step_torch
+from tests.helpers import tiny_model
+
+
+def _inputs(batch, channels, width, *, bias, dtype=torch.float32, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    packed = torch.randn(batch, 1, channels + 7, generator=gen)  # x is a strided slice, as from a packed GEMM
+    return dict(
+        x=packed[..., 3 : 3 + channels].to(device=device, dtype=dtype),
+        state=torch.randn(batch, channels, width - 1, generator=gen).to(device=device, dtype=dtype),
+        weight=torch.randn(channels, width, generator=gen).to(device=device, dtype=dtype),
+        bias=torch.randn(channels, generator=gen).to(device=device, dtype=dtype) if bias else None,
+    )
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("shape", [(1, 300, 4), (3, 64, 4), (2, 70, 2)], ids=lambda s: "B{}-C{}-W{}".format(*s))
+def test_step_equals_general_convolution(shape, bias):
+    batch, channels, width = shape
+    args = _inputs(batch, channels, width, bias=bias)
+    ref_y, ref_state = causal_conv1d_torch(args["x"], args["weight"], args["bias"], "silu", args["state"], True)
+    y, state = conv_step(args["x"], args["state"], args["weight"], args["bias"])
+    assert torch.equal(y, ref_y) and torch.equal(state, ref_state)
+    held = args["state"].clone()
+    y2, state2 = conv_step(args["x"], held, args["weight"], args["bias"], in_place=True)
+    assert state2 is held and torch.equal(held, ref_state) and torch.equal(y2, ref_y)
+
+
+def test_step_rejects_wrong_shapes():
+    args = _inputs(2, 8, 4, bias=False)
+    with pytest.raises(ValueError, match=r"state \[B, C, W - 1\] = \(2, 8, 3\)"):
+        conv_step(args["x"], args["state"][:, :, :2], args["weight"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 2048, 4), (8, 6144, 4), (3, 70, 2)], ids=lambda s: "B{}-C{}-W{}".format(*s))
+def test_triton_step_matches_torch(shape, dtype):
+    batch, channels, width = shape
+    args = _inputs(batch, channels, width, bias=True, dtype=dtype, device="cuda")
+    ref_y, ref_state = conv_step_torch(args["x"], args["state"], args["weight"], args["bias"])
+    with backend.force_backend("fast"):
+        y, state = conv_step(args["x"], args["state"], args["weight"], args["bias"])
+        held = args["state"].clone()
+        y2, _ = conv_step(args["x"], held, args["weight"], args["bias"], in_place=True)
+    torch.cuda.synchronize()
+    assert torch.equal(state, ref_state) and torch.equal(held, ref_state) and torch.equal(y, y2)
+    rel = ((y.float() - ref_y.float()).norm() / ref_y.float().norm()).item()
+    assert rel < (1e-6 if dtype == torch.float32 else 1e-2), rel  # bf16: one rounding of the output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("layout", ["G,G", "M,M"])
+@torch.no_grad()
+def test_cuda_decode_steps_match_float32_reference(layout):
+    """bf16 decode steps on the fast path (packed projections, Triton conv step, fla's gates in its kernel) against
+    the float32 PyTorch path of the same model, over 8 steps after a 40-token prefill."""
+    reference = tiny_model(layout).cuda()
+    fast = copy.deepcopy(reference).to(torch.bfloat16)
+    prompt = torch.randint(1, 97, (2, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    tokens = torch.randint(1, 97, (2, 8), generator=torch.Generator().manual_seed(1)).cuda()
+    outputs = []
+    for model, path in ((reference, "torch"), (fast, "auto")):
+        with backend.force_backend(path):
+            cache = HyLoCache(model.config)
+            model(prompt, cache=cache, use_cache=True)
+            outputs.append(torch.cat([model(tokens[:, i : i + 1], cache=cache, use_cache=True).logits
+                                      for i in range(tokens.shape[1])], dim=1).float())
+    rel = ((outputs[1] - outputs[0]).norm() / outputs[0].norm()).item()
+    print(f"\n{layout}: bf16 fast decode vs float32 reference, relative error {rel:.2e}")
+    assert rel < 2e-2
