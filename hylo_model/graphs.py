@@ -18,14 +18,12 @@ the ordinary decode.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import torch
+from torch import nn
 
 from .cache import HyLoCache
-
-if TYPE_CHECKING:
-    from .model import HyLoForCausalLM
 
 # The smallest default bucket: a step reads at most twice the keys it needs once the context passes this.
 SMALLEST_BUCKET = 4096
@@ -55,7 +53,7 @@ class GraphDecoder:
     Graphs capture the model's weights by address: do not move or replace them after the first step.
     """
 
-    def __init__(self, model: HyLoForCausalLM, cache: HyLoCache, buckets: Iterable[int] | None = None, *,
+    def __init__(self, model: nn.Module, cache: HyLoCache, buckets: Iterable[int] | None = None, *,
                  use_graphs: bool | None = None, warmup: int = 3) -> None:
         if not isinstance(cache, HyLoCache):
             raise TypeError(f"cache must be a HyLoCache, got {type(cache).__name__}")

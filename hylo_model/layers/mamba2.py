@@ -14,7 +14,7 @@ from torch import nn
 
 from ..cache import HyLoCache
 from ..config import HyLoConfig
-from ..ops.conv import causal_conv1d
+from ..ops.conv import causal_conv1d, conv_step
 from ..ops.ssd import ssd
 from .common import AttentionMask, GatedRMSNorm, decay_init
 
@@ -67,10 +67,15 @@ class Mamba2(nn.Module):
             xbc = xbc * valid[..., None].to(xbc.dtype)
 
         state = cache.state(self.layer_idx) if cache is not None else {}
-        xbc, conv_state = causal_conv1d(
-            xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu",
-            conv_state=state.get("conv"), output_final_state=cache is not None,
-        )
+        if seq_len == 1 and valid is None and "conv" in state and not torch.is_grad_enabled():
+            # A decode step: one kernel, writing the state in place during a static (CUDA-graph) step.
+            xbc, conv_state = conv_step(xbc, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                        in_place=cache.static_keys is not None)
+        else:
+            xbc, conv_state = causal_conv1d(
+                xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu",
+                conv_state=state.get("conv"), output_final_state=cache is not None,
+            )
         x, b, c = xbc.split([self.x_dim, self.b_groups * self.d_state, self.c_groups * self.d_state], dim=-1)
         x = x.view(bsz, seq_len, self.x_heads, self.head_dim)
         if self.x_heads != self.num_heads:

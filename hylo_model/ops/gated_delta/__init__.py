@@ -17,6 +17,7 @@ from hylo_model.ops.gated_delta.chunk import (
     recurrent_step,
 )
 from hylo_model.ops.gated_delta.naive import naive_gated_delta_rule
+from hylo_model.ops.gated_delta.step import decay_and_beta, fused_gates, gated_delta_step
 
 __all__ = [
     "gated_delta_rule",
@@ -24,6 +25,9 @@ __all__ = [
     "recurrent_gated_delta_rule",
     "recurrent_step",
     "naive_gated_delta_rule",
+    "gated_delta_step",
+    "decay_and_beta",
+    "fused_gates",
     "l2norm",
     "fla_chunk_backward_supported",
 ]

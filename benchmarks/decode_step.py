@@ -1,0 +1,92 @@
+"""One decode step of a HyLo model after a prefill: kernels per step, eager step time and replayed-graph step time.
+
+    python benchmarks/decode_step.py --context 8k --label after
+    PYTHONPATH=/path/to/older/checkout python benchmarks/decode_step.py --context 8k --label before
+
+Whatever ``hylo_model`` imports is measured, so pointing ``PYTHONPATH`` at an older checkout measures that version
+in the same run. Per step: the CUDA kernels (and memsets/copies) a torch profile records, averaged over a few eager
+steps and over a few static steps (what a CUDA graph replays); the eager step's median wall time (synchronised each
+step); the replayed graph's median step. Random weights, bf16, batch 1 by default, Qwen3-1.7B shape, 4 MLA + 24 GDN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+import hylo_model
+import hylo_model.ops.backend
+from long_context import SHAPES, hylo_model_for, parse_tokens, spaced
+
+
+def kernels_per_step(step, steps: int = 3) -> tuple[float, float]:
+    """(device events per step, their summed device time in ms per step) over ``steps`` calls of ``step``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in events) / 1e3
+    return len(events) / steps, busy / steps
+
+
+def median_step_ms(step, steps: int) -> float:
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return 1e3 * times[len(times) // 2]
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="qwen3-1.7b", choices=sorted(SHAPES))
+    parser.add_argument("--layout", default=None, help="layout code (default: 4 MLA + 24 GDN)")
+    parser.add_argument("--context", default="8k")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--label", default="")
+    parser.add_argument("--prefill-backend", default="auto", choices=["auto", "torch"],
+                        help="'torch' prefills on the PyTorch path: no Triton autotuning before the timed steps "
+                             "(the steps themselves always take the default path)")
+    args = parser.parse_args()
+    shape = SHAPES[args.shape]
+    layout = args.layout or spaced(shape["num_hidden_layers"], "L128", 4, "G")
+    model = hylo_model_for(shape, layout, "cuda")
+    context = parse_tokens(args.context)
+    cache = hylo_model.HyLoCache(model.config, max_length=context + 4 * args.steps + 16)
+    ids = torch.randint(0, shape["vocab_size"], (args.batch, context), device="cuda")
+    with hylo_model.ops.backend.force_backend(args.prefill_backend):
+        token = model(ids, cache=cache, use_cache=True, logits_to_keep=1).logits.argmax(-1)
+
+    def eager():
+        model(token, cache=cache, use_cache=True, logits_to_keep=1)
+
+    eager()  # warm-up: autotuning, cuBLAS handles
+    row = {"label": args.label, "version_file": hylo_model.__file__, "context": context, "batch": args.batch,
+           "card": torch.cuda.get_device_name()}
+    row["eager_kernels_per_step"], row["eager_kernel_ms_per_step"] = kernels_per_step(eager)
+    row["eager_ms"] = median_step_ms(eager, args.steps)
+    static = hylo_model.GraphDecoder(model, cache, use_graphs=False)
+    static.step(token)
+    row["static_kernels_per_step"], row["static_kernel_ms_per_step"] = kernels_per_step(lambda: static.step(token))
+    graphs = hylo_model.GraphDecoder(model, cache)
+    graphs.step(token)  # captures
+    row["graph_ms"] = median_step_ms(lambda: graphs.step(token), args.steps)
+    row["eager_tok_s"] = 1e3 / row["eager_ms"]
+    row["graph_tok_s"] = 1e3 / row["graph_ms"]
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
