@@ -13,17 +13,18 @@ holds::
     cache/            built-in teachers, converted layers (cache/layers), the block library (cache/library)
     exports/          layout files written by ``hylo-search export``
 
-Every file here is written through :func:`atomic_write_text` / :func:`atomic_path` (:mod:`hylo_model.atomic`).
+Every file here is written through :func:`atomic_write_text` / :func:`atomic_path`, hylo_search's one atomic-write
+helper (the same contract as :mod:`hylo_model.atomic`, which the model package's writers use; this one imports
+neither torch nor transformers, so ``pareto``, ``show``, ``list`` and ``export`` answer quickly).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-
-from hylo_model.atomic import atomic_path, atomic_write_bytes, atomic_write_text
-
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+from typing import Iterator
 
 ENV_ROOT = "HYLO_RUNS_DIR"
 DEFAULT_ROOT = "hylo_runs"
@@ -55,3 +56,41 @@ def default_storage_url(folder: Path) -> str:
 
 def export_path(folder: Path, trial: int) -> Path:
     return folder / EXPORTS / f"trial_{trial:05d}.yaml"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; on a clean exit it replaces ``path`` in one step.
+
+    The temporary name starts with ``.<name>.`` and ends with ``.tmp`` (the suffix of ``path`` kept before it, so
+    writers that pick a format by extension, such as matplotlib, still do)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode & ~_umask())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

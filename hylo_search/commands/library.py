@@ -27,25 +27,25 @@ def run(args: argparse.Namespace) -> int:
 
     from ..library.build import build_library
     from ..library.sensitivity import format_table, read_table
+    from ._progress import LibraryLines, live_bar, say
 
     console = Console(highlight=False, soft_wrap=True)
+    # Loading a study imports torch and builds its teacher: seconds to a minute before the first task line.
+    say(console, f"library {args.study}: loading the study and its teacher")
 
     def work(loaded: Any, folder: Any, executor: Any, threads: Any, name: str) -> Any:
-        def report(event: str, info: dict[str, Any]) -> None:
-            if event == "library_started":
-                console.print(f"library of {loaded.name}: {info['entries']} blocks in {info['tasks']} tasks "
-                              f"({name} executor); folder {folder}")
-            elif event == "library_task":
-                console.print(f"  {info['token']:<6} layers {info['layers']}: trained {len(info['trained'])} "
-                              f"({info['seconds']} s)")
-
-        return build_library(loaded, folder, executor, threads, report)
+        say(console, f"library of {loaded.name}: folder {folder}, {name} executor "
+            f"({executor.capacity} task(s) at a time)")
+        lines = LibraryLines(console, f"library of {loaded.name}")
+        with live_bar(console, "library tasks", 0) as update:
+            lines.update = update
+            return build_library(loaded, folder, executor, threads, lines.report)
 
     folder, summary = with_executor(args, work)
-    console.print(f"{summary.entries} blocks: {summary.trained} trained, {summary.reused} reused, "
-                  f"{summary.optimizer_steps} optimizer steps, {summary.seconds:.1f} s; table {summary.path}")
+    say(console, f"{summary.entries} blocks: {summary.trained} trained, {summary.reused} reused, "
+        f"{summary.optimizer_steps} optimizer steps, {summary.seconds:.1f} s; table {summary.path}")
     for failure in summary.failures:
         print(f"hylo-search library: error: {failure}", file=sys.stderr)
     if summary.reused + summary.trained:
-        console.print(format_table(read_table(folder), ["kl"]))
+        say(console, format_table(read_table(folder), ["kl"]))
     return 1 if summary.failures else 0

@@ -14,8 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "folder, a name under the output root, or a study definition. Build the table with `hylo-search library`.",
     )
     parser.add_argument("study", metavar="STUDY", help="study folder, name, or definition")
-    parser.add_argument("--metric", action="append", choices=["kl", "probe_drop", "ce", "align_after"],
-                        help="metric(s) to show (default: kl and probe_drop)")
+    parser.add_argument("--metric", action="append", choices=["kl", "probe_drop", "ce", "align_after", "kl_drop"],
+                        help="metric(s) to show (default: kl, probe_drop and the restore kl_drop where measured)")
     parser.add_argument("--format", choices=["table", "json", "csv"], default="table")
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="also write the heat map(s) as a PNG")
     parser.add_argument("--out", default=None, help="study folder (default ./hylo_runs/<name>)")
@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     table = read_table(table_folder(args.study, args.out))
     metrics = args.metric or ["kl"] + (["probe_drop"] if any(r.get("probe_drop") is not None
-                                                             for r in table["rows"]) else [])
+                                                             for r in table["rows"]) else []) + \
+        (["kl_drop"] if table.get("restore") else [])
     print(format_table(table, metrics, args.format))
     if args.plot:
         try:

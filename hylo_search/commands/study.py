@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_study_arguments(parser, storage_help="Optuna storage URL (default sqlite under the study folder)")
     parser.add_argument("--trials", type=int, default=None, help="trials the study should hold (default: the YAML's)")
     parser.add_argument("--dry-run", action="store_true", help="describe the space, baselines and costs; run nothing")
+    parser.add_argument("--track", action="append", choices=["mlflow", "wandb"], default=[],
+                        help="also log every trial as a run of MLflow ($MLFLOW_TRACKING_URI) or W&B ($WANDB_PROJECT); "
+                        "pip install 'hylo-search[mlflow]' or '[wandb]'; repeatable")
     parser.set_defaults(func=run)
 
 
@@ -39,7 +42,12 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_study(args.study, seed=args.seed)
     from ..search.run import options_for
 
-    options = options_for(loaded, args.trials, args.executor, args.address, args.storage, args.out)
+    try:
+        options = options_for(loaded, args.trials, args.executor, args.address, args.storage, args.out)
+    except UsageError as error:
+        if args.storage or not loaded.definition.storage.url:
+            raise
+        raise UsageError(f"{loaded.source}: field 'storage.url': {error}") from None
     if args.dry_run:
         from ..results.dry_run import dry_run_report
 
@@ -53,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     output_folder(options.folder, "--out" if args.out else "study folder", is_study_folder, "study")
     storage_location(options.storage, "--storage" if args.storage else "storage")
     from ..search.run import run_study
+    from ..search.tracking import tracking_callbacks
 
+    options.callbacks = tracking_callbacks(args.track, loaded.metrics)
     progress = _Progress(options.trials, loaded.metrics)
     try:
         summary = progress.run(lambda report: run_study(loaded, options, reporter=report))
@@ -79,22 +89,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_front(summary: Any, ref: str) -> int:
-    """Print the front as a table, and plot it beside the study when plotly or matplotlib is installed. Returns the
-    trial to suggest exporting: the front's best hybrid (not the teacher itself) by the first objective."""
+    """Print the front as a table, and plot it beside the study (PNG with matplotlib, HTML with plotly, whichever
+    are installed). Returns the trial to suggest exporting: the front's best hybrid (not the teacher itself) by the
+    first objective."""
     from ..results.front import format_front, front_report, plot_front
     from ..search.storage import open_study_folder
 
     handle = open_study_folder(str(summary.folder), None)
     report = front_report(handle)
     print(format_front(report, "table"))
-    for name in ("front.html", "front.png"):
+    written = []
+    plottable = 2 <= len(report["objectives"]) <= 3
+    for name in ("front.png", "front.html") if plottable else ():  # a picture to glance at; the interactive one
         try:
-            print(f"  plot: {plot_front(handle, summary.folder / name)}")
-            break
-        except RuntimeError:
+            written.append(str(plot_front(handle, summary.folder / name)))
+        except RuntimeError:  # matplotlib or plotly not installed
             continue
-    else:
-        print(f"  plot: pip install plotly (or matplotlib), then hylo-search pareto {ref} --plot front.html")
+    if written:
+        print(f"  plot: {'  '.join(written)}")
+    elif plottable:
+        print(f"  plot: pip install 'hylo-search[dashboard]', then hylo-search pareto {ref} --plot front.png")
     first = report["objectives"][0]
     sign = 1 if first["direction"] == "minimize" else -1
     rows = [r for r in report["front"] if r.get("baseline") != "teacher"] or report["front"]
@@ -106,66 +120,71 @@ def _ref(args: argparse.Namespace, loaded: Any) -> str:
 
 
 class _Progress:
-    """One line per finished trial (plain text when not a terminal) and, on a terminal, a live status bar."""
+    """One line per finished trial, printed as is (markup off: a ``[baseline NAME]`` tag or a failure's bracketed
+    text stays), with an ETA once a trial of this run has finished; on a terminal, also a live bar."""
 
     def __init__(self, target: int, metrics: list[str]) -> None:
         from rich.console import Console
 
+        from ._progress import Eta, LibraryLines
+
         self.console = Console(highlight=False, soft_wrap=True)
         self.target = target
         self.metrics = metrics
-        self.bar: Any = None
-        self.task: Any = None
+        self.eta = Eta(target)
+        self.library = LibraryLines(self.console)
+        self.update: Any = lambda **fields: None
 
     def run(self, body: Any) -> Any:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from ._progress import live_bar
 
-        if not self.console.is_terminal:
-            return body(self.report)
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
-                      TimeElapsedColumn(), console=self.console) as bar:
-            self.bar = bar
-            self.task = bar.add_task("trials", total=self.target, status="starting")
+        with live_bar(self.console, "trials", self.target) as update:
+            self.update = update
             return body(self.report)
 
     def report(self, event: str, info: dict[str, Any]) -> None:
+        from ._progress import say
+
+        if self.library.report(event, info):
+            return
         if event == "started":
             counts = info["counts"]
+            # The pace counts this run's trials only (after the library is built, when the study uses one).
+            self.eta.restart(counts["counted"])
             resumed = f", resuming with {counts['counted']} trials" if counts["counted"] else ""
-            self.console.print(f"study folder {info['folder']} (storage {info['storage']}); "
-                               f"{info['capacity']} trial(s) at a time{resumed}")
+            say(self.console, f"study folder {info['folder']} (storage {info['storage']}); "
+                f"{info['capacity']} trial(s) at a time{resumed}")
             self._status(counts)
             return
-        if event == "library_started":
-            self.console.print(f"block library: {info['entries']} blocks in {info['tasks']} tasks")
-            return
-        if event == "library":
-            summary = info["summary"]
-            self.console.print(f"block library: {summary.trained} trained, {summary.reused} reused "
-                               f"({summary.seconds:.1f} s)")
-            return
-        if event != "trial":
-            return
-        trial, counts = info["trial"], info["counts"]
+        if event == "trial":
+            say(self.console, self.line(info["trial"], info["counts"]))
+            self._status(info["counts"])
+
+    def line(self, trial: Any, counts: dict[str, int]) -> str:
+        """``trial N STATUS LAYOUT  metric=value ...  (why)  [baseline NAME]   | counts  eta``."""
         attrs = trial.user_attrs
         status = "duplicate" if "duplicate_of" in attrs else "infeasible" if "infeasible" in attrs else \
             trial.state.name.lower()
         line = f"trial {trial.number:>4} {status:<10} {attrs.get('layout', '')}"
         if "promoted_from" in attrs:
             line += f"  [{attrs['tier']} of trial {attrs['promoted_from']}]"
+        if "replicate_of" in attrs:
+            seeds = len((attrs.get("replicates") or {}).get("seeds") or [])
+            line += f"  [replicate{f' over {seeds} seeds' if seeds else ''} of trial {attrs['replicate_of']}]"
         if trial.values:
             line += "  " + "  ".join(f"{m}={v:.4g}" for m, v in zip(self.metrics, trial.values))
-        if attrs.get("failure"):
-            line += f"  ({attrs['failure']})"
+        for why in ("failure", "infeasible"):
+            if attrs.get(why):
+                line += f"  ({attrs[why]})"
+        if "duplicate_of" in attrs:
+            line += f"  (same layout as trial {attrs['duplicate_of']})"
         if attrs.get("baseline"):
             line += f"  [baseline {attrs['baseline']}]"
         line += (f"   | done {counts['complete']}  running {counts['running']}  failed {counts['failed']}  "
                  f"infeasible {counts['infeasible']}  front {counts['front']}")
-        self.console.print(line)
-        self._status(counts)
+        eta = self.eta.text(counts["counted"])
+        return line + (f"  {eta}" if eta else "")
 
     def _status(self, counts: dict[str, int]) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=counts["counted"],
-                            status=f"done {counts['complete']} running {counts.get('running', 0)} failed "
-                                   f"{counts['failed']} front {counts.get('front', 0)}")
+        self.update(completed=counts["counted"], status=f"done {counts['complete']} running "
+                    f"{counts.get('running', 0)} failed {counts['failed']} front {counts.get('front', 0)}")

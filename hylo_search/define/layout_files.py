@@ -14,9 +14,8 @@ from typing import Any
 
 import yaml
 
-from hylo_model.atomic import atomic_write_text
-
 from ..errors import UsageError
+from ..paths import atomic_write_text
 
 
 def read_layout(path: str | os.PathLike) -> Any:

@@ -6,6 +6,11 @@ Interface (duck-typed): ``capacity`` (tasks that may run at once), ``submit(numb
 ``close()``; a task is run by :func:`hylo_search.worker.entry.run_task`. ``local`` runs tasks in the driver's process,
 one at a time, on whatever the process sees (the study's ``resources`` apply to Ray only); ``ray`` runs each as a
 Ray task with those resources, on a cluster it starts or joins (``--address``).
+
+Ray is an optional extra, ``pip install 'hylo-search[ray]'`` (Ray core only; without it ``--executor ray`` is a
+one-line usage error naming the extra). Ray Tune is not used: its ``OptunaSearch`` drops constraints in
+multi-objective mode, and the driver must own ask/tell to check constraints before a trial costs anything
+(:mod:`hylo_search.search.run`); Ray only places the work.
 """
 
 from __future__ import annotations

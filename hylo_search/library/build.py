@@ -1,6 +1,8 @@
 """The block library's driver side: plan the (token, layers) tasks of a study's space, run them on its executor
-(each worker trains the missing blocks and scores their sensitivity, :mod:`hylo_search.worker.blocks`), and gather
-the rows into the study folder's sensitivity table (``library.json``)."""
+(each worker trains the missing blocks and scores their sensitivity, :mod:`hylo_search.worker.blocks`), then a
+second round of restore tasks (the KL-guided scores: one layer restored to attention or MLA in the all-linear
+student assembled from the blocks), and gather both into the study folder's sensitivity table (``library.json``:
+``rows`` per block swapped alone into the teacher, ``restore`` per layer restored alone in the all-linear student)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, Callable
 
 from .. import paths
 from ..executors import run_all
+from ..space.baselines import Restore, restore_plan
 from ..space.compiled import token_order
 from ..worker.blocks import align_recipe
 from ..worker.tasks import Failure, LibraryTask
@@ -28,6 +31,8 @@ class LibrarySummary:
     seconds: float
     path: Path
     failures: list[str]
+    restore_rows: int = 0
+    restore_scored: int = 0  # assembled layouts scored now (the rest came from the cache)
 
 
 def plan_tasks(entries: list[tuple[int, str]], capacity: int,
@@ -40,11 +45,24 @@ def plan_tasks(entries: list[tuple[int, str]], capacity: int,
     tasks = []
     for token in sorted(by_token, key=token_order):
         layers = by_token[token]
-        chunks = math.ceil(len(layers) / layers_per_task) if layers_per_task else \
-            min(len(layers), math.ceil(capacity / len(by_token)))
-        bounds = [round(k * len(layers) / chunks) for k in range(chunks + 1)]  # near-equal, in layer order
-        tasks += [(token, layers[a:b]) for a, b in zip(bounds, bounds[1:])]
+        tasks += [(token, part) for part in _split(layers, len(by_token), capacity, layers_per_task)]
     return tasks
+
+
+def plan_restore_tasks(space: Any, capacity: int,
+                       layers_per_task: int | None = None) -> list[tuple[Restore, list[int]]]:
+    """(restore group, layers) tasks of :func:`~hylo_search.space.baselines.restore_plan`, split like
+    :func:`plan_tasks` (each task also scores its group's all-linear layout, or reads it from the cache)."""
+    plan = restore_plan(space)
+    return [(group, part) for group in plan for part in _split(list(group.layers), len(plan), capacity,
+                                                                 layers_per_task)]
+
+
+def _split(layers: list[int], groups: int, capacity: int, layers_per_task: int | None) -> list[list[int]]:
+    chunks = math.ceil(len(layers) / layers_per_task) if layers_per_task else \
+        min(len(layers), math.ceil(capacity / groups))
+    bounds = [round(k * len(layers) / chunks) for k in range(chunks + 1)]  # near-equal, in layer order
+    return [layers[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def build_library(loaded: Any, folder: Path, executor: Any, threads: int | None = None,
@@ -52,7 +70,8 @@ def build_library(loaded: Any, folder: Path, executor: Any, threads: int | None 
     """Build (or complete) the library of ``loaded`` with ``executor`` and write ``<folder>/library.json``.
 
     Every task is submitted; a worker trains only the blocks whose file is missing and scores only the missing
-    sensitivities, so a complete library costs one teacher load per worker and no training."""
+    sensitivities and restore scores, so a complete library costs one teacher load per worker and no training.
+    Restore tasks run once every block task succeeded (they assemble layouts from the blocks)."""
 
     report = report or (lambda event, info: None)
     align_recipe(loaded.definition)  # a recipe problem is a usage error, before any task
@@ -76,11 +95,31 @@ def build_library(loaded: Any, folder: Path, executor: Any, threads: int | None 
         report("library_task", {"token": token, "layers": layers, "trained": record["trained"],
                                 "seconds": record.get("seconds")})
     rows.sort(key=lambda r: (r["layer"], token_order(r["token"])))
+    config = loaded.definition.library_config()
+    restore_tasks = plan_restore_tasks(loaded.space, executor.capacity, config.layers_per_task)
+    restore: list[dict[str, Any]] = []
+    scored = 0
+    if not failures:
+        work = [LibraryTask(resolved, study_dir, group.linear, layers, threads, kind="restore", keep=group.keep,
+                            base=list(group.base)) for group, layers in restore_tasks]
+        for number, record in run_all(executor, work):
+            group, layers = restore_tasks[number]
+            failure = Failure.of(record)
+            if failure is not None:
+                failures.append(f"restore {group.keep} in all-{group.linear} at layers {layers}: {failure.text}")
+                continue
+            restore += record["rows"]
+            scored += record["scored"]
+            report("library_restore", {"linear": group.linear, "keep": group.keep, "layers": layers,
+                                       "scored": record["scored"], "seconds": record.get("seconds")})
+    restore.sort(key=lambda r: (token_order(r["linear"]), token_order(r["keep"]), r["layer"]))
+    expected = sum(len(layers) for _, layers in restore_tasks)
     table = {"study": loaded.name, "fingerprint": loaded.fingerprint(), "teacher": loaded.definition.teacher,
              "target_length": loaded.definition.target_length, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-             "complete": not failures and len(rows) == len(entries), "rows": rows}
+             "complete": not failures and len(rows) == len(entries) and len(restore) == expected, "rows": rows,
+             "restore": restore}
     path = folder / paths.LIBRARY_TABLE
     paths.atomic_write_text(path, json.dumps(table, indent=1) + "\n")
     trained = sum(r["trained"] for r in rows)
     return LibrarySummary(len(entries), trained, len(rows) - trained, steps, time.perf_counter() - began, path,
-                          failures)
+                          failures, len(restore), scored)

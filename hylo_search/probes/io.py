@@ -9,8 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hylo_model.atomic import atomic_path
-
+from ..paths import atomic_path
 from .generate import Sample
 
 if TYPE_CHECKING:

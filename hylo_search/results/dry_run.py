@@ -7,9 +7,11 @@ from typing import Any
 from hylo_model.train import load_recipe
 
 from .. import paths
+from ..errors import UsageError
+from ..library.sensitivity import read_table
 from ..library.solver import library_entries
 from ..search.storage import open_study_folder
-from ..space.baselines import baselines
+from ..space.baselines import baselines, measured_baselines
 from ..space.cost import memory_metrics
 from ..study import LoadedStudy
 
@@ -79,6 +81,13 @@ def dry_run_report(loaded: LoadedStudy, options: Any) -> str:
     if definition.tiers is not None:
         lines.append(f"  two tiers: every layout scored by {loaded.first_kind} first ({options.trials} trials), "
                      f"then the {definition.tiers.promote} best trained by {loaded.proxy_kind}")
+    replicates = definition.replicates
+    if replicates.seeds > 1:
+        lengths = replicates.probe_lengths or definition.probes.lengths
+        lines.append(f"  replicates: the front and every baseline rescored with {replicates.seeds} seeds "
+                     f"({replicates.probe_samples} probe samples per task and length"
+                     f"{', at ' + ', '.join(f'{n:,}' for n in sorted(lengths)) + ' tokens' if lengths else ''}); "
+                     "objectives then shown as mean ± standard error")
     if loaded.uses_library():
         config = definition.library_config()
         pool = f"; exact solver pool of {config.pool} (distance >= {config.pool_distance})" if config.pool else ""
@@ -86,13 +95,18 @@ def dry_run_report(loaded: LoadedStudy, options: Any) -> str:
                      f"{definition.library_recipe()}{f' at {config.tokens:,} tokens' if config.tokens else ''} "
                      f"(built before the first trial; `hylo-search library` builds it ahead){pool}")
     found = baselines(space)
-    lines.append(f"  baselines enqueued first ({len(found)}):")
+    infeasible = sum(not space.is_feasible(list(b.tokens)) for b in found)
+    lines.append(f"  baselines enqueued first ({len(found)}, {infeasible} infeasible; a constraint's value is its "
+                 "excess over the limit, relative for budgets, in layers for counts):")
     for baseline in found:
         tokens = list(baseline.tokens)
         memory = memory_metrics(loaded, tokens)
-        verdict = "feasible" if space.is_feasible(tokens) else "infeasible (recorded, never trained)"
+        violated = [f"{k} {v:+.3g}" for k, v in space.constraints(tokens).items() if v > 0]
+        verdict = "feasible" if not violated else f"infeasible: {'; '.join(violated)} (recorded, never trained)"
         lines.append(f"    {baseline.name:<28} {baseline.code}  cache {memory['cache_ratio']:.3g}x  "
                      f"params {memory['params_ratio']:.3g}x  {verdict}")
+    if loaded.uses_library():
+        lines += _measured_lines(loaded, options)
     flops, how = trial_flops(loaded)
     lines.append(f"  per-trial cost estimate: {flops:.3g} FLOP ({how})")
     measured = _measured_durations(options)
@@ -103,6 +117,31 @@ def dry_run_report(loaded: LoadedStudy, options: Any) -> str:
     lines += [f"  warning: {problem} (trials cannot run until this is fixed)" for problem in loaded.problems]
     lines.append("  dry run: nothing was run or written")
     return "\n".join(lines)
+
+
+def _measured_lines(loaded: LoadedStudy, options: Any) -> list[str]:
+    """The baselines placed by the library's measured scores, when this study's library table exists."""
+    try:
+        table = read_table(options.folder) if (options.folder / paths.LIBRARY_TABLE).is_file() else None
+    except UsageError:  # an unreadable table is rebuilt by the study; a dry run reports what it can
+        table = None
+    if table is None or table.get("fingerprint") != loaded.fingerprint() or "restore" not in table:
+        return ["  baselines from measured scores (kl_guided_*, smart_sensitivity_*): enqueued after the block "
+                "library is built"]
+    space = loaded.space
+    found = measured_baselines(space, table)
+    known = {b.code: b.name for b in baselines(space)}
+    lines = [f"  baselines from the library's measured scores, enqueued after it ({len(found)}):"]
+    for baseline in found:
+        tokens = list(baseline.tokens)
+        memory = memory_metrics(loaded, tokens)
+        violated = [f"{k} {v:+.3g}" for k, v in space.constraints(tokens).items() if v > 0]
+        verdict = "feasible" if not violated else f"infeasible: {'; '.join(violated)} (recorded, never trained)"
+        same = f"; same layout as {known[baseline.code]}, enqueued once" if baseline.code in known else ""
+        known.setdefault(baseline.code, baseline.name)
+        lines.append(f"    {baseline.name:<28} {baseline.code}  cache {memory['cache_ratio']:.3g}x  "
+                     f"params {memory['params_ratio']:.3g}x  {verdict}; {baseline.note}{same}")
+    return lines
 
 
 def _measured_durations(options: Any) -> str | None:

@@ -49,10 +49,11 @@ class RecipeProxy(Plugin):
 
 def train_recipe(ctx: TrialContext, student: Any, recipe: Any, tokens: int | None,
                  options: dict[str, Any] | None = None) -> Any:
-    """``run_recipe`` on ``student`` in place with the study's data, rescaled to ``tokens``, writing nothing."""
-    return run_recipe(ctx.runtime.teacher, student, recipe, None, tokenizer=ctx.runtime.tokenizer,
-                      data=recipe_data(ctx.runtime, tokens), progress="off", tokens=tokens, seed=ctx.seed,
-                      **(options or {}))
+    """``run_recipe`` on ``student`` in place with the study's data (``options`` may say ``data: null`` for the
+    recipe's own data, as promotion trains), rescaled to ``tokens``, writing nothing."""
+    kwargs = {"data": recipe_data(ctx.runtime, tokens), **(options or {})}
+    return run_recipe(ctx.runtime.teacher, student, recipe, None, tokenizer=ctx.runtime.tokenizer, progress="off",
+                      tokens=tokens, seed=ctx.seed, **kwargs)
 
 
 def recipe_data(runtime: Any, tokens: int | None) -> Any:

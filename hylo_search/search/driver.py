@@ -90,6 +90,9 @@ class Driver:
         self.finalists: list[replicates.Finalist] | None = None
         self.replicating: dict[int, tuple[replicates.Finalist, int]] = {}
         self.pending: list[tuple[replicates.Finalist, int]] = []
+        self.replicate_probes: dict[str, Any] = {"samples": self.replicate_config.probe_samples}
+        if self.replicate_config.probe_lengths:
+            self.replicate_probes["lengths"] = sorted(self.replicate_config.probe_lengths)
 
     def _counted(self) -> int:
         counts = trial_counts(self.study)
@@ -164,9 +167,10 @@ class Driver:
         code = layout_code(tokens)
         memory = memory_metrics(loaded, tokens)
         constraints = space.constraints(tokens)
-        for key, value in constraints.items():
-            trial.set_constraint(key, value)
         frozen = stored_trial(self.study, trial)
+        if not frozen.constraints:  # a retry carries its failed trial's constraints already
+            for key, value in constraints.items():
+                trial.set_constraint(key, value)
         # Few, grouped attrs: every one is a storage round trip (a commit on SQLite).
         # Constraint values also go here: Optuna keeps its own copy in system attrs, which dashboards may not show.
         run = {"seed": loaded.definition.seed, "hylo_version": __version__, "constraints": constraints,
@@ -234,7 +238,7 @@ class Driver:
         """A worker's record as grouped user attrs, the objective values, and the failure (None if it worked)."""
         attrs: dict[str, Any] = {"result": {k: record[k] for k in ("node", "host", "pid", "device", "timings",
                                                                    "cache", "details", "teacher_fingerprint",
-                                                                   "traceback") if k in record}}
+                                                                   "hylo_version", "traceback") if k in record}}
         attrs.update({k: record[k] for k in ("metrics", "losses", "layer_table", "probe_table") if k in record})
         values = None
         failure = Failure.of(record)
@@ -299,7 +303,7 @@ class Driver:
             self.replicating[number] = (finalist, seed)
             self.executor.submit(number, TrialTask(self.resolved, str(self.options.folder.resolve()), number,
                                                    finalist.tokens, seed, threads=self.threads,
-                                                   probes={"samples": config.probe_samples}))
+                                                   probes=self.replicate_probes))
 
     def _tell_replicate(self, finalist: replicates.Finalist, seed: int, record: dict[str, Any]) -> None:
         """One seed of a finalist back; when its last seed is, the replicated trial is stored."""
@@ -335,3 +339,5 @@ class Driver:
         counts["running"] = self._busy()
         counts["front"] = len(pareto_front(self.study))
         self.report("trial", {"trial": frozen, "counts": counts})
+        for callback in self.options.callbacks:  # experiment tracking (search/tracking.py), after the record
+            callback(self.study, frozen)

@@ -19,7 +19,6 @@ from typing import Any, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
-from ..space.compiled import layout_code
 from ..worker.tasks import Failure
 
 TIER = "replicated"
@@ -132,6 +131,6 @@ def within_noise(member: FrozenTrial, others: Sequence[FrozenTrial], metrics: li
             if worse > band:
                 close = False
                 break
-        if close and layout_code(other.user_attrs.get("layout", "").split(",")) != member.user_attrs.get("layout"):
+        if close and other.user_attrs.get("layout") != member.user_attrs.get("layout"):
             found.append(other.number)
     return found

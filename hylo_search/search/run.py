@@ -22,8 +22,9 @@ continues until it does. Trials a dead driver left RUNNING are failed (system at
 counted) and retried through Optuna's :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`.
 
 A study that uses the block library (:mod:`.library`: an ``assembled`` proxy, or ``library.pool``) first builds or
-completes it with the same executor, and enqueues the exact solver's pool (:mod:`.assembly`) once. With ``tiers``,
-the asked trials are the first tier (``tiers.first``, the ``assembled`` proxy by default; ``--trials`` counts
+completes it with the same executor, and enqueues once the baselines placed by its measured scores
+(:func:`~hylo_search.space.baselines.measured_baselines`) and the exact solver's pool (:mod:`.assembly`).
+With ``tiers``, the asked trials are the first tier (``tiers.first``, the ``assembled`` proxy by default; ``--trials`` counts
 them); when no more are asked, the ``tiers.promote`` best first-tier layouts without a second-tier result run with
 the study's ``proxy``, and each comes back as a trial of its own (``study.add_trial``, user attrs ``tier`` and
 ``promoted_from``; a driver that dies meanwhile loses nothing but the work in flight).
@@ -51,17 +52,18 @@ from ..executors import make_executor, worker_threads
 from ..library.build import build_library
 from ..library.sensitivity import read_table
 from ..library.solver import block_scores, solve_pool
-from ..space.baselines import baselines
+from ..space.baselines import baselines, measured_baselines
 from ..study import LoadedStudy
 from . import storage as storages
 from .driver import Driver, Heartbeat, fail_and_retry
 from .optuna_compat import storage_of
 from .sampler import make_sampler
-from .trials import pareto_front, trial_counts, write_trials_table
+from .trials import name_metrics, pareto_front, trial_counts, write_trials_table
 
 FINGERPRINT_ATTR = "hylo:fingerprint"
 BASELINES_ATTR = "hylo:baselines_enqueued"
 POOL_ATTR = "hylo:pool_enqueued"
+MEASURED_BASELINES_ATTR = "hylo:measured_baselines_enqueued"
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Options:
     address: str | None
     storage: str
     folder: Path
+    callbacks: list[Callable[[optuna.Study, Any], None]] = field(default_factory=list)  # tracking.py: per trial
 
 
 @dataclass
@@ -104,7 +107,8 @@ def run_study(loaded: LoadedStudy, options: Options, reporter: Callable[[str, di
         raise UsageError(loaded.problems[0])
     folder = options.folder
     folder.mkdir(parents=True, exist_ok=True)
-    locks = [lock for lock in (storages.DriverLock(folder), storages.DriverLock.for_storage(options.storage)) if lock]
+    storage_lock = storages.DriverLock.for_storage(options.storage, loaded.name)
+    locks = [lock for lock in (storages.DriverLock(folder), storage_lock) if lock]
     executor = None
     heartbeat: Heartbeat | None = None
     study = None
@@ -181,13 +185,17 @@ def _open_study(loaded: LoadedStudy, options: Options) -> optuna.Study:
         raise UsageError(f"study {loaded.name!r} in {options.storage} was created from a different definition "
                          f"(fingerprint {known} != {loaded.fingerprint()}: teacher, space, data, upcycle, proxy, "
                          "probes, objectives, memory or seed changed); use another --out or --storage")
+    name_metrics(study, loaded.metrics)  # dashboards and plot_pareto_front say proxy_kl, not "Objective 0"
     return study
 
 
 def _write_folder(loaded: LoadedStudy, options: Options) -> None:
-    for stale in options.folder.glob(".*.tmp-*"):  # half-written files of a driver that was killed
-        if stale.is_file():
-            stale.unlink()
+    # Half-written files of a driver that was killed: hylo_model.atomic names them .<name>.<random>.tmp<suffix>.
+    # Only the driver's own files (it holds the lock); another command may be writing its own file here now.
+    for name in (paths.MANIFEST, paths.STUDY_YAML, paths.TRIALS_TABLE):
+        for stale in options.folder.glob(f".{name}.*.tmp*"):
+            if stale.is_file():
+                stale.unlink()
 
     storages.Manifest(loaded.name, options.storage, loaded.fingerprint(),
                   [o.model_dump() for o in loaded.definition.objectives], loaded.definition.teacher,
@@ -196,8 +204,9 @@ def _write_folder(loaded: LoadedStudy, options: Options) -> None:
 
 
 def _recover(study: optuna.Study, loaded: LoadedStudy, options: Options) -> None:
-    """Fail and retry the trials a dead driver left RUNNING (file storage, lock held: all of them are stale)."""
-    if not storages.is_file_storage(options.storage):
+    """Fail and retry the trials a dead driver left RUNNING (file storage or PostgreSQL, lock held: all of them are
+    stale)."""
+    if not storages.single_driver(options.storage):
         fail_stale_trials(study)
         return
     retry = RetryHeartbeatStaleTrialCallback(max_retry=loaded.definition.storage.max_retry)
@@ -216,11 +225,17 @@ def _enqueue_baselines(study: optuna.Study, loaded: LoadedStudy) -> None:
 
 def _prepare_library(study: optuna.Study, loaded: LoadedStudy, options: Options, executor: Any,
                      report: Callable[[str, dict[str, Any]], None]) -> None:
-    """Build the missing blocks and sensitivities, then enqueue the exact solver's pool (once per study)."""
+    """Build the missing blocks and sensitivities, then enqueue (once per study) the baselines placed by the
+    measured scores and the exact solver's pool."""
     summary = build_library(loaded, options.folder, executor, worker_threads(loaded, options.executor), report)
     if summary.failures:
         raise RuntimeError(f"the block library is incomplete: {'; '.join(summary.failures)}")
     report("library", {"summary": summary})
+    if not study.user_attrs.get(MEASURED_BASELINES_ATTR):
+        for baseline in measured_baselines(loaded.space, read_table(options.folder)):
+            study.enqueue_trial(loaded.space.params_from_tokens(list(baseline.tokens)),
+                                user_attrs={"baseline": baseline.name}, skip_if_exists=True)
+        study.set_user_attr(MEASURED_BASELINES_ATTR, True)
     config = loaded.definition.library_config()
     if not config.pool or study.user_attrs.get(POOL_ATTR) is not None:
         return

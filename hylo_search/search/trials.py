@@ -1,5 +1,6 @@
-"""A study's trials as the driver and every report see them: counts by status, one flat row per trial (the
-Parquet table), the Pareto front and the ranking by successive fronts.
+"""A study's trials as the driver and every report see them: counts by status, one typed row per trial (the
+Parquet table, written with pyarrow; pandas optional), the objectives' names given to Optuna, the Pareto front and
+the ranking by successive fronts.
 
 Nothing here imports torch, so ``pareto``, ``show`` and ``list`` answer quickly.
 """
@@ -7,11 +8,15 @@ Nothing here imports torch, so ``pareto``, ``show`` and ``list`` answer quickly.
 from __future__ import annotations
 
 import json
+import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+import pyarrow as pa
+import pyarrow.parquet as pq
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -55,56 +60,196 @@ def status_of(t: FrozenTrial) -> str:
     return t.state.name.lower()
 
 
-def trial_row(t: FrozenTrial, metrics: list[str]) -> dict[str, Any]:
-    """One flat record per trial (what ``trials.parquet`` holds); nested tables are JSON strings."""
+def name_metrics(study: optuna.Study, metrics: list[str]) -> None:
+    """Name the study's objectives (``study.set_metric_names``) so that optuna-dashboard, ``plot_pareto_front``
+    and ``trials_dataframe`` say ``proxy_kl`` / ``probe_*`` / ``cache_bytes`` instead of "Objective 0"."""
+    if study.metric_names == list(metrics):
+        return
+    with warnings.catch_warnings():  # experimental in Optuna 5 (since 3.2), and used here exactly as documented
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(metrics))
+
+
+# ------------------------------------------------------------------------------------------------ the table
+# Every column has one Arrow type whatever the trials hold, so two studies' tables concatenate (pyarrow, pandas,
+# DuckDB, Polars) and an all-missing column is never Arrow ``null``. The per-layer, probe and loss tables are
+# list<struct> columns in the trial's own row rather than side tables: the table stays one file (one name in the
+# study folder, one atomic rewrite), a row never loses its sub-tables in a concatenation (a side table would need a
+# key made of study and trial), and every reader flattens them (``pyarrow.compute.list_flatten``, pandas
+# ``explode``, DuckDB ``UNNEST``). A plug-in's fields beyond the built-in ones go to ``extra`` (a JSON object).
+LAYER_ROW = pa.struct([("layer", pa.int64()), ("mixer", pa.string()), ("relative_error", pa.float64()),
+                       ("cosine", pa.float64()), ("finite", pa.bool_()), ("extra", pa.string())])
+PROBE_ROW = pa.struct([("task", pa.string()), ("length", pa.int64()), ("samples", pa.int64()),
+                       ("accuracy", pa.float64()), ("partial", pa.float64()), ("logprob", pa.float64()),
+                       ("extra", pa.string())])
+LOSS_ROW = pa.struct([("name", pa.string()), ("values", pa.list_(pa.float64()))])
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+FIXED_COLUMNS: dict[str, pa.DataType] = {
+    "study": pa.string(), "number": pa.int64(), "status": pa.string(), "layout": pa.string(),
+    "layers": pa.list_(pa.string()), "ranks": pa.list_(pa.int64()), "baseline": pa.string(), "tier": pa.string(),
+    "promoted_from": pa.int64(), "replicate_of": pa.int64(), "source": pa.string(), "feasible": pa.bool_(),
+    "infeasible": pa.string(), "duplicate_of": pa.int64(), "failure": pa.string(), "retry_of": pa.int64(),
+    "proposed_layout": pa.string(),
+    "replicate_seeds": pa.list_(pa.int64()), "replicate_probe_samples": pa.int64(),
+    "losses": pa.list_(LOSS_ROW), "layer_table": pa.list_(LAYER_ROW), "probe_table": pa.list_(PROBE_ROW),
+    "details": pa.string(), "node": pa.string(), "host": pa.string(), "seed": pa.int64(),
+    "hylo_version": pa.string(), "duration_s": pa.float64(), "datetime_start": TIMESTAMP,
+    "datetime_complete": TIMESTAMP,
+}
+# Objective and metric columns sit between ``proposed_layout`` and ``replicate_seeds``, in this order.
+_BEFORE_METRICS = list(FIXED_COLUMNS)[:list(FIXED_COLUMNS).index("replicate_seeds")]
+PER_SEED = "_per_seed"  # <metric>_per_seed: a replicated trial's value for each seed, in replicate_seeds order
+STANDARD_ERROR = "_se"  # <metric>_se: its standard error over the seeds
+
+
+def column_type(name: str) -> pa.DataType:
+    """The Arrow type of a column of ``trials.parquet``: the fixed columns as listed; exact counts (cache bytes,
+    parameters) int64; per-seed replicate values list<double>; every other column (objectives, metrics,
+    ``constraint:*``, ``time:*``, ``<metric>_se``, ratios) float64."""
+    if name in FIXED_COLUMNS:
+        return FIXED_COLUMNS[name]
+    if name.endswith(PER_SEED):
+        return pa.list_(pa.float64())
+    base = name.split("@")[0]
+    if base in ("cache_bytes", "teacher_cache_bytes", "params", "teacher_params"):
+        return pa.int64()
+    return pa.float64()
+
+
+def trial_row(t: FrozenTrial, metrics: list[str], study_name: str | None = None) -> dict[str, Any]:
+    """One record per trial, as ``trials.parquet`` holds it (types: :func:`column_type`). Objective columns
+    hold Optuna's values (a replicated trial's: the means over seeds), else the memory metric of that name;
+    datetimes are UTC (Optuna stores this machine's local time)."""
     attrs = t.user_attrs
-    memory, run, result = attrs.get("memory", {}), attrs.get("run", {}), attrs.get("result", {})
+    memory, run, result = attrs.get("memory") or {}, attrs.get("run") or {}, attrs.get("result") or {}
     values = dict(zip(metrics, t.values)) if t.values else {}
     tokens = attrs["layout"].split(",") if attrs.get("layout") else []
     row: dict[str, Any] = {
-        "number": t.number, "status": status_of(t), "layout": attrs.get("layout"),
+        "study": study_name, "number": t.number, "status": status_of(t), "layout": attrs.get("layout"),
         "layers": [token[0] for token in tokens] or None,
         "ranks": [int(token[1:]) if token[1:] else None for token in tokens] or None,
         "baseline": attrs.get("baseline"), "tier": attrs.get("tier"), "promoted_from": attrs.get("promoted_from"),
-        "source": attrs.get("source"), "feasible": run.get("feasible"), "infeasible": attrs.get("infeasible"),
-        "duplicate_of": attrs.get("duplicate_of"),
-        "failure": attrs.get("failure") or (t.system_attrs.get(INTERRUPTED_ATTR)
-                                            if t.state == TrialState.FAIL else None),
+        "replicate_of": attrs.get("replicate_of"), "source": attrs.get("source"), "feasible": run.get("feasible"),
+        "infeasible": attrs.get("infeasible"), "duplicate_of": attrs.get("duplicate_of"),
+        # A completed retry carries its interrupted predecessor's mark (Optuna copies system attrs): not a failure.
+        "failure": attrs.get("failure") or (t.system_attrs.get(INTERRUPTED_ATTR) if t.state == TrialState.FAIL
+                                            else None),
         "retry_of": t.system_attrs.get("failed_trial"), "proposed_layout": run.get("proposed_layout"),
     }
     for metric in metrics:
         row[metric] = values.get(metric, memory.get(metric))
     for key in ("cache_bytes", "cache_ratio", "params", "params_ratio"):
         row.setdefault(key, memory.get(key))
-    for key, value in sorted(t.constraints.items()):
-        row[f"constraint:{key}"] = value
     for key, value in (attrs.get("metrics") or {}).items():
         row.setdefault(key, value)
+    replicates = attrs.get("replicates") or {}
+    for metric in [*metrics, *(m for m in replicates.get("metrics") or {} if m not in metrics)]:
+        stats = (replicates.get("metrics") or {}).get(metric) or {}
+        row[metric + STANDARD_ERROR] = stats.get("se")
+        row[metric + PER_SEED] = stats.get("values")
+    for key, value in sorted(t.constraints.items()):
+        row[f"constraint:{key}"] = value
     for key, value in (result.get("timings") or {}).items():
         row[f"time:{key}"] = value
     row.update(
-        losses=json.dumps(attrs.get("losses")), layer_table=json.dumps(attrs.get("layer_table")),
-        probe_table=json.dumps(attrs.get("probe_table")), details=json.dumps(result.get("details")),
+        replicate_seeds=replicates.get("seeds"), replicate_probe_samples=replicates.get("probe_samples"),
+        losses=None if attrs.get("losses") is None else [{"name": str(k), "values": v}
+                                                         for k, v in attrs["losses"].items()],
+        layer_table=_sub_rows(attrs.get("layer_table"), LAYER_ROW),
+        probe_table=_sub_rows(attrs.get("probe_table"), PROBE_ROW),
+        details=json.dumps(result["details"]) if result.get("details") is not None else None,
         node=result.get("node"), host=result.get("host"), seed=run.get("seed"), hylo_version=run.get("hylo_version"),
         duration_s=(t.datetime_complete - t.datetime_start).total_seconds()
         if t.datetime_complete and t.datetime_start else None,
-        datetime_start=t.datetime_start.isoformat() if t.datetime_start else None,
-        datetime_complete=t.datetime_complete.isoformat() if t.datetime_complete else None,
+        datetime_start=_utc(t.datetime_start), datetime_complete=_utc(t.datetime_complete),
     )
     return row
 
 
-def trials_frame(study: optuna.Study, metrics: list[str]) -> Any:
-    import pandas as pd
+def _sub_rows(rows: list[dict[str, Any]] | None, row_type: pa.StructType) -> list[dict[str, Any]] | None:
+    """A plug-in's table as rows of ``row_type``: its known fields typed, anything else (or a known field whose
+    value does not fit the type) in ``extra`` as JSON. Missing stays null; an empty table stays empty."""
+    if rows is None:
+        return None
+    known = {row_type.field(k).name: row_type.field(k).type for k in range(row_type.num_fields)}
+    known.pop("extra")
+    out = []
+    for source in rows:
+        item: dict[str, Any] = {}
+        rest = {k: v for k, v in source.items() if k not in known}
+        for name, kind in known.items():
+            value = _fit(source.get(name), kind)
+            if value is _MISFIT:
+                rest[name] = source[name]
+            else:
+                item[name] = value
+        item["extra"] = json.dumps(rest, default=str) if rest else None
+        out.append(item)
+    return out
 
-    return pd.DataFrame([trial_row(t, metrics) for t in study.get_trials(deepcopy=False)])
+
+_MISFIT = object()
+
+
+def _fit(value: Any, kind: pa.DataType) -> Any:
+    if value is None:
+        return None
+    try:
+        if pa.types.is_boolean(kind):
+            return bool(value) if isinstance(value, (bool, np.bool_)) else _MISFIT
+        if pa.types.is_integer(kind):
+            return int(value) if float(value) == int(value) else _MISFIT
+        if pa.types.is_floating(kind):
+            return float(value)
+        return value if isinstance(value, str) else _MISFIT
+    except (TypeError, ValueError, OverflowError):
+        return _MISFIT
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.astimezone(timezone.utc) if moment is not None else None
+
+
+def trials_table(study: optuna.Study, metrics: list[str]) -> pa.Table:
+    """The study's trials as an Arrow table with an explicit schema (:func:`column_type`): the fixed columns, then
+    the objectives, the memory and plug-in metrics, the replicate columns, constraints and timings in the order
+    the trials first hold them. The schema metadata names the objectives and their directions."""
+    rows = [trial_row(t, metrics, study.study_name) for t in study.get_trials(deepcopy=False)]
+    names = list(_BEFORE_METRICS)
+    for column in (*metrics, *(c for row in rows for c in row)):
+        if column not in names and column not in FIXED_COLUMNS:
+            names.append(column)
+    names += [c for c in FIXED_COLUMNS if c not in names]
+    directions = [d.name.lower() for d in study.directions]
+    schema = pa.schema([pa.field(name, column_type(name)) for name in names],
+                       metadata={"hylo:objectives": json.dumps(dict(zip(metrics, directions)))})
+    return pa.Table.from_pylist([{k: _cell(v, schema.field(k).type) for k, v in row.items()} for row in rows],
+                                schema=schema)
+
+
+def _cell(value: Any, kind: pa.DataType) -> Any:
+    """Exact counts arrive as floats when they are objectives (Optuna's values); they are integers."""
+    if pa.types.is_int64(kind) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def trials_frame(study: optuna.Study, metrics: list[str]) -> Any:
+    """:func:`trials_table` as a pandas DataFrame (needs pandas: ``pip install 'hylo-search[pandas]'``);
+    datetimes as ``datetime64[us, UTC]``, the nested tables as lists of dicts."""
+    try:
+        import pandas  # noqa: F401  (optional: the table itself is written with pyarrow alone)
+    except ImportError:
+        raise RuntimeError("trials_frame needs pandas: pip install 'hylo-search[pandas]' (or read trials.parquet "
+                           "with pyarrow)") from None
+    return trials_table(study, metrics).to_pandas()
 
 
 def write_trials_table(study: optuna.Study, path: Path, metrics: list[str]) -> Path:
     """Rewrite the Parquet table from the storage (the source of truth), atomically."""
-    frame = trials_frame(study, metrics)
+    table = trials_table(study, metrics)
     with paths.atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
     return path
 
 

@@ -18,6 +18,13 @@ KL(teacher || student) and cross-entropy on the study's held-out sequences, and 
 score minus this one's) at ``library.probe_length`` (default: the study's target length). Stored beside the block
 (``<key>.<sensitivity key>.json``) and gathered into ``<study>/library.json`` (:mod:`hylo_search.library.sensitivity` reads it).
 
+**Restore scores** (KL-guided layer selection). Once the blocks exist: the all-linear student of one linear token
+(``G``, ``M``), assembled from its aligned blocks, and the same student with one layer restored to the teacher's
+attention or to an MLA block; held-out KL(teacher || student) of each (:meth:`Library.restore`). The layers whose
+restoration lowers KL most are the ones to keep. A score is cached per assembled layout
+(``library/restore/<key[:2]>/<key>.json``), keyed by the keys of the blocks it is made of (which hold the teacher,
+data, recipe and code) and the held-out setting, so a changed block or data recomputes it.
+
 **Assembly.** :meth:`Library.assemble` builds any layout from its blocks without training: the dense weights are
 copied from the teacher and each converted layer's mixer is loaded from its block file (the ``assembled`` proxy).
 """
@@ -92,6 +99,7 @@ class Library:
         self._sensitivity_key = _digest([definition.data.model_dump(mode="json"),
                                          definition.probes.model_dump(mode="json"), self.probe_length,
                                          self.probe_samples, definition.seed], 12)
+        self._heldout_key = [definition.data.model_dump(mode="json"), definition.seed]
         self._teacher_probe: float | None = None
 
     @functools.cached_property
@@ -125,6 +133,11 @@ class Library:
     def sensitivity_path(self, layer: int, token: str) -> Path:
         block = self.block_path(layer, token)
         return block.with_name(f"{block.stem}.{self._sensitivity_key}.json")
+
+    def layout_score_path(self, tokens: list[str]) -> Path:
+        """Where the held-out scores of the layout ``tokens`` assembled from blocks are cached."""
+        key = _digest([[t if t == "A" else self.key(i, t) for i, t in enumerate(tokens)], self._heldout_key])
+        return self.root / "restore" / key[:2] / f"{key}.json"
 
     def missing(self, tokens: list[str]) -> list[int]:
         return [i for i, t in enumerate(tokens) if t != "A" and not self.block_path(i, t).is_file()]
@@ -215,6 +228,33 @@ class Library:
         drop = teacher - probe if probe is not None and teacher is not None else None
         return {"kl": kl, "ce": ce, "probe": probe, "teacher_probe": teacher, "probe_drop": drop,
                 "probe_length": self.probe_length or None, "sensitivity_s": round(time.perf_counter() - began, 4)}
+
+    def restore(self, linear: str, keep: str, base: list[str], layers: list[int]) -> dict[str, Any]:
+        """KL-guided scores: held-out KL(teacher || student) of ``base`` (the all-``linear`` layout) and of ``base``
+        with each of ``layers`` alone restored to ``keep`` (``A``: the teacher's attention; an MLA token: its
+        block). Returns ``{"rows": [{layer, linear, keep, kl_all, kl_restored, kl_drop, ce_all, ce_restored}],
+        "scored": layouts scored now (not read from the cache)}``."""
+        kl_all, ce_all, scored = self._layout_scores(base)
+        rows = []
+        for i in layers:
+            tokens = list(base)
+            tokens[i] = keep
+            kl, ce, fresh = self._layout_scores(tokens)
+            scored += fresh
+            rows.append({"layer": i, "linear": linear, "keep": keep, "kl_all": kl_all, "kl_restored": kl,
+                         "kl_drop": kl_all - kl, "ce_all": ce_all, "ce_restored": ce})
+        return {"rows": rows, "scored": scored}
+
+    def _layout_scores(self, tokens: list[str]) -> tuple[float, float, int]:
+        """(held-out KL, CE, 1 if scored now else 0) of ``tokens`` assembled from blocks."""
+        path = self.layout_score_path(tokens)
+        if path.is_file():
+            cached = json.loads(path.read_text())
+            return cached["kl"], cached["ce"], 0
+        student, _ = self.assemble(tokens)
+        kl, ce = self.runtime.heldout_scores(student)
+        paths.atomic_write_text(path, json.dumps({"tokens": tokens, "kl": kl, "ce": ce}))
+        return kl, ce, 1
 
     def teacher_probe(self) -> float | None:
         """The probe score of the teacher itself (as the all-attention student, which equals it)."""

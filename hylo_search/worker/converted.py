@@ -24,8 +24,9 @@ from safetensors.torch import load_file, save_file
 
 import hylo_model
 from hylo_model import upcycle
-from hylo_model.atomic import atomic_path
 from hylo_model.upcycle import TeacherSource
+
+from ..paths import atomic_path
 
 MODEL_SOURCES = ("config.py", "model.py", "layers", "upcycle", "ops")
 

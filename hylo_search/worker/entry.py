@@ -15,6 +15,8 @@ from typing import Any, Iterator
 
 import torch
 
+from hylo_model.version import __version__
+
 from ..scoring.api import ProbeResult, ProxyResult, TrialContext, timed
 from .runtime import StudyRuntime
 from .tasks import Failure, LibraryTask, TrialTask
@@ -34,7 +36,7 @@ def _worker(record: dict[str, Any], threads: int | None) -> Iterator[None]:
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)  # restored after the task: a local task runs in the driver's process
-    record.update(host=platform.node(), pid=os.getpid(), node=_node_id(), status="fail")
+    record.update(host=platform.node(), pid=os.getpid(), node=_node_id(), hylo_version=__version__, status="fail")
     try:
         yield
     except Exception as error:  # noqa: BLE001 — a failed task is a record (OOM, NaN, any error), not a crash
@@ -46,12 +48,17 @@ def _worker(record: dict[str, Any], threads: int | None) -> Iterator[None]:
 
 
 def run_library_task(task: LibraryTask) -> dict[str, Any]:
-    """Train the missing blocks of ``task`` and score their sensitivity; failures are records."""
+    """Train the missing blocks of ``task`` and score their sensitivity, or (``kind`` restore) score its
+    restorations; failures are records."""
     record: dict[str, Any] = {"token": task.token, "layers": task.layers}
     began = time.perf_counter()
     with _worker(record, task.threads):
         runtime = StudyRuntime.get(task.study, task.study_dir)
-        record.update(runtime.library.build(task.token, list(task.layers)), status="ok")
+        if task.kind == "restore":
+            result = runtime.library.restore(task.token, task.keep, list(task.base), list(task.layers))
+        else:
+            result = runtime.library.build(task.token, list(task.layers))
+        record.update(result, status="ok")
     record["seconds"] = round(time.perf_counter() - began, 4)
     return record
 

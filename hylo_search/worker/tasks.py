@@ -32,13 +32,18 @@ class TrialTask:
 
 @dataclass
 class LibraryTask:
-    """One worker's share of the library: the blocks of ``token`` at ``layers`` (plain data, pickled to Ray)."""
+    """One worker's share of the library (plain data, pickled to Ray). ``kind`` ``blocks``: train and score the
+    blocks of ``token`` at ``layers``; ``restore``: the KL-guided scores of the all-``token`` layout ``base`` with
+    each of ``layers`` restored alone to ``keep`` (the blocks exist by then)."""
 
     study: dict[str, Any]
     study_dir: str
     token: str
     layers: list[int]
     threads: int | None = None
+    kind: str = "blocks"
+    keep: str | None = None
+    base: list[str] | None = None
 
 
 @dataclass(frozen=True)

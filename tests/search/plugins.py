@@ -28,3 +28,14 @@ class FlakyProxy(UpcycleKL):
         if ctx.layout in self.config.options.get("nan", []):
             result = ProxyResult({**result.metrics, "proxy_kl": float("nan")}, result.model)
         return result
+
+
+class NoisyProxy(UpcycleKL):
+    """The stand-in proxy plus a seed-dependent offset (``options.noise`` x a fixed pseudo-random number per seed),
+    so replicates with different seeds differ, as a trained proxy's do."""
+
+    def __call__(self, ctx):
+        result = super().__call__(ctx)
+        offset = float(self.config.options.get("noise", 0.05)) * (((ctx.seed * 2654435761) % 1000) / 1000 - 0.5)
+        return ProxyResult({**result.metrics, "proxy_kl": result.metrics["proxy_kl"] + offset}, result.model,
+                           losses=result.losses, layers=result.layers)

@@ -101,7 +101,10 @@ def test_export_round_trips_into_upcycle(local_run, tmp_path):
 
     data = yaml.safe_load(target.read_text())
     assert data["trial"] == trial and data["study"] == "t4" and set(data["objectives"]) == {"proxy_kl", "cache_bytes"}
-    student = upcycle(data["teacher"], layout, **data["upcycle"])
+    assert data["teacher"] == "builtin:tiny-random"  # as the study names it: nothing of this machine's paths
+    from hylo_search.define.teachers import teacher_directory
+
+    student = upcycle(str(teacher_directory(data["teacher"])), layout, **data["upcycle"])
     assert student.config.hylo_layout == str(layout)
     assert torch.isfinite(student(torch.tensor([[1, 2, 3, 4]]), use_cache=False).logits).all()
     infeasible = [t.number for t in _study(runs).trials if t.state == TrialState.PRUNED][0]

@@ -117,3 +117,18 @@ def test_top_level_holds_at_most_8_modules():
     assert len(top) <= 8, top
     assert {p.name for p in (REPO / "hylo_search").iterdir() if p.is_dir() and (p / "__init__.py").exists()} == {
         "commands", "define", "executors", "library", "probes", "results", "scoring", "search", "space", "worker"}
+
+
+def test_reading_commands_import_neither_torch_nor_transformers():
+    """``pareto``, ``show``, ``list``, ``export``, ``sensitivity`` and the CLI's parser answer quickly: their modules
+    must not pull in torch or transformers (about 4 s of imports)."""
+    import subprocess
+    import sys
+
+    modules = ["hylo_search.cli", "hylo_search.results.front", "hylo_search.results.trial",
+               "hylo_search.search.storage", "hylo_search.search.trials", "hylo_search.library.sensitivity"]
+    code = (f"import sys; import {', '.join(modules)}; from hylo_search.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

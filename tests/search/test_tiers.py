@@ -114,43 +114,63 @@ def test_a_rerun_adds_nothing(tiered):
 def test_the_audit_reports_rank_correlations_on_eight_layouts(tiered):
     _, _, _, folder = tiered
     runs = folder / "runs"
-    out = hylo(["audit", "tiers.yaml", "--layouts", "8", "--budget-multiplier", "2", "--out", str(folder / "run")],
-               folder, runs, timeout=600)
+    out = hylo(["audit", "tiers.yaml", "--layouts", "8", "--recipe", "proxy_tiny", "--budget-multiplier", "2",
+                "--out", str(folder / "run")], folder, runs, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     print(out.stdout)
     audit = json.loads((folder / "run" / "audit.json").read_text())
-    assert len(audit["layouts"]) == 8 and audit["budget_multiplier"] == 2
-    assert audit["long_proxy"] == {"kind": "recipe", "recipe": "proxy_tiny", "tokens": 1536, "options": {}}
+    assert len(audit["layouts"]) == 8
+    assert audit["promoted_with"] == {"kind": "recipe", "recipe": "proxy_tiny", "tokens": 1536,
+                                      "options": {"data": None}}
+    assert audit["audit_seed"] == 0 + 7919  # a seed the search never used
+    assert "A,A,A,A" not in [row["layout"] for row in audit["layouts"]]  # the teacher is no evidence
     objectives = {row["objective"]: row for row in audit["correlations"]}
     assert set(objectives) == {"assembled:proxy_kl", "recipe:proxy_kl", "additive:proxy_kl"}
     for name, row in objectives.items():
-        assert row["n"] == 8 and -1 <= row["spearman"] <= 1 and -1 <= row["kendall"] <= 1
-        assert f"{name}" in out.stdout and f"{row['spearman']:.3g}" in out.stdout
-    assert all(row["long"] for row in audit["layouts"])
-    warned = [row["objective"] for row in audit["correlations"] if row["spearman"] < 0.5]
+        assert row["n"] == 8 and name in out.stdout
+        if row["undefined"] is None:
+            low, high = row["spearman_ci"]
+            assert low <= row["spearman"] <= high and f"{row['spearman']:.2f} [{low:.2f}, {high:.2f}]" in out.stdout
+            assert row["regret"]["1"] >= row["regret"]["3"] >= 0
+    assert all(row["promoted"] for row in audit["layouts"])
+    warned = [row["objective"] for row in audit["correlations"]
+              if row["undefined"] or row["spearman_ci"][0] < 0.5]
     pareto = hylo(["pareto", str(folder / "run")], folder, runs)
     assert pareto.returncode == 0, pareto.stderr
     for objective in warned:
-        assert f"warning: objective {objective} ranks layouts unlike" in pareto.stdout
+        assert f"warning: objective {objective}: Spearman with the promoted runs" in pareto.stdout
     assert ("warning:" in pareto.stdout) == bool(warned)
 
 
-def test_audit_warnings_flag_low_or_undefined_correlations():
-    audit = {"budget_multiplier": 10, "threshold": 0.5, "correlations": [
-        {"objective": "assembled:proxy_kl", "n": 8, "spearman": 0.9, "kendall": 0.8},
-        {"objective": "recipe:proxy_kl", "n": 8, "spearman": 0.3, "kendall": 0.2},
-        {"objective": "additive:probe_accuracy@512", "n": 8, "spearman": None, "kendall": None}]}
+def test_audit_warnings_flag_low_bounds_and_undefined_correlations():
+    audit = {"threshold": 0.5, "correlations": [
+        {"objective": "assembled:proxy_kl", "n": 8, "spearman": 0.9, "spearman_ci": [0.6, 1.0]},
+        {"objective": "recipe:proxy_kl", "n": 8, "spearman": 0.8, "spearman_ci": [0.3, 0.95]},
+        {"objective": "additive:probe_accuracy@512", "n": 8, "spearman": None, "spearman_ci": None}]}
     lines = audit_warnings_of(audit)
     assert len(lines) == 2
-    assert lines[0].startswith("objective recipe:proxy_kl ranks layouts unlike the 10x longer proxy "
-                               "(Spearman 0.30, Kendall 0.20 on 8 layouts; below 0.5)")
-    assert "Spearman undefined" in lines[1]
+    assert lines[0] == ("objective recipe:proxy_kl: Spearman with the promoted runs 0.80, 95% CI 0.30..0.95 on 8 "
+                        "layouts (lower bound below 0.5): do not trust its ranking alone")
+    assert "undefined (ties)" in lines[1]
+
+
+def test_correlations_from_ties_are_undefined_not_one():
+    from hylo_search.results.audit import correlations, top_k_regret
+
+    tied = correlations([0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0])
+    assert tied["spearman"] is None and "ties: 2 distinct" in tied["undefined"]
+    exact = correlations([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 4.0, 6.0, 8.0, 10.0])
+    assert exact["spearman"] == pytest.approx(1.0, abs=1e-12) and exact["kendall"] == pytest.approx(1.0, abs=1e-12)
+    assert exact["spearman_ci"] == pytest.approx([1.0, 1.0], abs=1e-12)
+    # The cheap score's pick is the second best promoted layout: regret@1 is the gap, regret@3 is 0.
+    assert top_k_regret([1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 3.0, 5.0], "minimize") == {"1": 1.0, "3": 0.0}
+    assert top_k_regret([1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 3.0, 5.0], "maximize") == {"1": 0.0, "3": 0.0}
 
 
 def test_audit_bad_input_exits_2(tmp_path):
     write_study(tmp_path, name="plain")
     for args, message in [(["--layouts", "2"], "--layouts must be >= 3"),
-                          (["--budget-multiplier", "0"], "--budget-multiplier must be > 0"),
-                          ([], "the audit retrains layouts with a recipe")]:
+                          (["--recipe", "proxy_tiny", "--budget-multiplier", "0"], "--budget-multiplier must be > 0"),
+                          ([], "the audit trains layouts as promotion does")]:
         out = hylo(["audit", "plain.yaml", *args], tmp_path, tmp_path / "runs")
         assert out.returncode == 2 and message in out.stderr, out.stderr

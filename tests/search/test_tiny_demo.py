@@ -28,8 +28,8 @@ def demo(tmp_path_factory):
     out = hylo(["study", "tiny", "--trials", str(BASELINE_TRIALS)], folder, runs)
     assert out.returncode == 0, out.stderr[-3000:]
     table = pd.read_parquet(runs / "tiny" / "trials.parquet")
-    print("\n" + table[["number", "layout", "baseline", "proxy_kl", "probe_accuracy", "cache_bytes"]]
-          .to_string(index=False))
+    print("\n" + table[["number", "layout", "baseline", "tier", "proxy_kl", "probe_accuracy", "probe_logprob",
+                         "cache_bytes"]].to_string(index=False))
     return folder, runs, out.stdout, table
 
 
@@ -39,14 +39,25 @@ def test_shipped_teacher_is_complete_and_recalls():
     for name in ("config.json", "model.safetensors", "tokenizer.json", "training.json"):
         assert (directory / name).is_file(), name
     assert (directory / "model.safetensors").stat().st_size <= 10 * 2**20
-    report = json.loads((directory / "training.json").read_text())
-    # Chance is ~1e-7 (a 7-digit number must come out exactly); its own evaluation at every trained length.
-    assert all(score >= 0.5 for score in report["probes"]["niah_single_1"].values()), report["probes"]
+    # Recall measured here, not read from training.json: 20 needles at 512 tokens with the fast scorer (about 2 s
+    # on one CPU thread). Chance is ~1e-7 (a 7-digit number must come out exactly); measured 16 of 20 on these
+    # samples (12 to 16 of 20 over seeds 0-3), so at least half is a clear margin.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hylo_search.probes import generate_samples, score_samples
+
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    samples = generate_samples("niah_single_1", 512, 20, tokenizer, seed=0)
+    recalled = sum(r["score"] for r in score_samples(model, tokenizer, samples, "fast", batch_size=10))
+    assert recalled >= 10, recalled
 
 
 def test_teacher_recalls_best_and_linear_layouts_lose_recall(demo):
     _, _, _, table = demo
-    done = table[table["status"] == "complete"].set_index("baseline")
+    # The replicated trials: each baseline over 3 seeds and 64 probe samples per length.
+    done = table[(table["status"] == "complete") & (table["tier"] == "replicated")].set_index("baseline")
+    assert len(done) == BASELINE_TRIALS and (done["proxy_kl_se"][done.index != "teacher"] > 0).all()
     teacher = done.loc["teacher", "probe_accuracy"]
     assert teacher >= 0.5
     assert (done["probe_accuracy"] <= teacher).all()
@@ -59,12 +70,14 @@ def test_teacher_recalls_best_and_linear_layouts_lose_recall(demo):
 
 def test_demo_prints_the_front_and_the_teacher_is_on_it(demo):
     folder, runs, stdout, table = demo
-    assert f"tiny: reached {BASELINE_TRIALS} trials" in stdout and "hylo-search export tiny --trial" in stdout
+    assert f"tiny: reached {BASELINE_TRIALS} trials; {BASELINE_TRIALS} finalists replicated over 3 seeds" in stdout
+    assert "means ± standard error over 3 seeds" in stdout and "hylo-search export tiny --trial" in stdout
     out = hylo(["pareto", "tiny", "--format", "json"], folder, runs)
     front = {row["layout"] for row in json.loads(out.stdout)["front"]}
     assert "A,A" in front
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{runs / 'tiny' / 'study.db'}")
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == BASELINE_TRIALS
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2 * BASELINE_TRIALS
+    assert study.metric_names == ["proxy_kl", "probe_logprob", "cache_bytes"]
 
 
 def test_export_then_promote_gives_a_checkpoint_that_generates(demo):
@@ -72,7 +85,7 @@ def test_export_then_promote_gives_a_checkpoint_that_generates(demo):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, runs, _, table = demo
-    trial = int(table[table["baseline"] == "smart_mla_gdn"]["number"].iloc[0])
+    trial = int(table[(table["baseline"] == "smart_mla_gdn") & (table["tier"] == "replicated")]["number"].iloc[0])
     exported = hylo(["export", "tiny", "--trial", str(trial)], folder, runs)
     assert exported.returncode == 0, exported.stderr
     out = folder / "promoted"

@@ -1,0 +1,109 @@
+"""Replicates: the front and every baseline rescored with several seeds; objectives as mean and standard error;
+the front taken over the replicated trials; marks for members within noise; resumable."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from hylo_search.results.front import format_front, front_report
+from hylo_search.search.replicates import TIER, summarise, within_noise
+from hylo_search.search.run import options_for, run_study
+from hylo_search.search.storage import open_study_folder
+from hylo_search.search.trials import pareto_front, trial_counts
+from hylo_search.study import load_study
+
+from .helpers import brute_force_front, write_study
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("replicates")
+    path = write_study(folder, trials=6, proxy={"kind": "tests.search.plugins:NoisyProxy", "options": {"noise": 0.2}},
+                       replicates={"seeds": 3, "probe_samples": 3})
+    loaded = load_study(path)
+    summary = run_study(loaded, options_for(loaded, out=str(folder / "run")))
+    return loaded, summary, open_study_folder(str(folder / "run")), folder
+
+
+def test_every_finalist_is_replicated_once_with_three_seeds(replicated):
+    loaded, summary, handle, _ = replicated
+    trials = handle.study.get_trials(deepcopy=False)
+    first = [t for t in trials if t.state == TrialState.COMPLETE and "replicate_of" not in t.user_attrs]
+    reps = [t for t in trials if t.user_attrs.get("tier") == TIER]
+    front_layouts = {t.user_attrs["layout"] for t in brute_force_front(first, loaded.directions)
+                     for t in [trials[t]]}
+    baseline_layouts = {t.user_attrs["layout"] for t in first if "baseline" in t.user_attrs}
+    feasible = {t.user_attrs["layout"] for t in first if all(v <= 0 for v in t.constraints.values())}
+    assert sorted(t.user_attrs["layout"] for t in reps) == sorted((front_layouts | baseline_layouts) & feasible)
+    for t in reps:
+        assert t.state == TrialState.COMPLETE and t.user_attrs["replicates"]["seeds"] == [0, 1, 2]
+        parent = trials[t.user_attrs["replicate_of"]]
+        assert parent.user_attrs["layout"] == t.user_attrs["layout"] and t.params == parent.params
+    counts = trial_counts(handle.study)
+    assert counts["replicated"] == len(reps) and counts["counted"] - counts["replicated"] == 6
+    assert summary.stop_reason == f"reached 6 trials; {len(reps)} finalists replicated over 3 seeds"
+
+
+def test_objectives_are_means_with_standard_errors(replicated):
+    loaded, _, handle, _ = replicated
+    for t in handle.study.get_trials(deepcopy=False):
+        if t.user_attrs.get("tier") != TIER:
+            continue
+        table = t.user_attrs["replicates"]["metrics"]
+        for metric, value in zip(loaded.metrics, t.values):
+            values = table[metric]["values"]
+            assert len(values) == 3 and value == statistics.fmean(values)
+            assert table[metric]["se"] == pytest.approx(statistics.stdev(values) / math.sqrt(3), abs=1e-15)
+        assert table["cache_bytes"]["se"] == 0  # exact: the same at every seed
+        assert table["proxy_kl"]["se"] > 0  # the seeds differ (the proxy's noise)
+
+
+def test_the_front_is_taken_over_the_replicated_trials(replicated):
+    loaded, _, handle, _ = replicated
+    front = pareto_front(handle.study)
+    reps = [t for t in handle.study.get_trials(deepcopy=False) if t.user_attrs.get("tier") == TIER]
+    assert front and all(t.user_attrs.get("tier") == TIER for t in front)
+    assert sorted(t.number for t in front) == brute_force_front(reps, loaded.directions)
+
+
+def test_the_front_table_shows_plus_minus_and_baselines(replicated):
+    _, _, handle, _ = replicated
+    report = front_report(handle)
+    text = format_front(report, "table")
+    assert "means ± standard error over 3 seeds" in text and " ± " in text
+    assert all(row["seeds"] == 3 and row["proxy_kl_se"] > 0 for row in report["front"])
+    assert {b["standing"] for b in report["baselines"]} <= {"front", "dominated", "infeasible"}
+
+
+def test_a_rerun_replicates_nothing_again(replicated):
+    loaded, _, handle, folder = replicated
+    before = len(handle.study.trials)
+    summary = run_study(loaded, options_for(loaded, out=str(folder / "run")))
+    assert len(open_study_folder(str(folder / "run")).study.trials) == before
+    assert summary.counts["replicated"] == trial_counts(handle.study)["replicated"]
+
+
+def _trial(number: int, values: list[float], ses: list[float]) -> FrozenTrial:
+    metrics = {m: {"mean": v, "se": s, "values": [v]} for m, v, s in zip(("a", "b"), values, ses)}
+    return optuna.trial.create_trial(values=values, user_attrs={"layout": f"L{number}", "replicates":
+                                                                 {"seeds": [0, 1, 2], "metrics": metrics}})
+
+
+def test_within_noise_marks_only_members_a_noisy_rival_could_dominate():
+    member = _trial(0, [1.0, 10.0], [0.1, 0.0])
+    close = _trial(1, [1.15, 9.0], [0.1, 0.0])  # worse on a by 0.15 < 2 * sqrt(0.02) = 0.28, better on b
+    far = _trial(2, [1.5, 9.0], [0.1, 0.0])  # worse on a by 0.5: separated
+    exact = _trial(3, [0.5, 11.0], [0.1, 0.0])  # worse on b, which is exact (se 0): never dominates
+    for t, n in ((member, 0), (close, 1), (far, 2), (exact, 3)):
+        t.number = n
+    directions = ["minimize", "minimize"]
+    assert within_noise(member, [close, far, exact], ["a", "b"], directions) == [1]
+    assert summarise([1.0, 2.0, 3.0]) == {"mean": 2.0, "se": pytest.approx(1 / math.sqrt(3)), "values": [1, 2, 3]}
