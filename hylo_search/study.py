@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,10 +180,10 @@ def check_inputs(loaded: LoadedStudy) -> None:
 def _local_data_problem(path: Path) -> str | None:
     """Why a local text source cannot give tokens (what :mod:`.worker.data` reads), or None. Reads little: a
     file's first non-blank bytes and a .jsonl file's first record."""
-    if not path.exists():
+    if not os.path.exists(path):  # os.path never raises on an over-long name
         return f"{path}: no such file or folder"
     files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file()) \
-        if path.is_dir() else [path]
+        if os.path.isdir(path) else [path]
     if not files:
         return f"{path}: a folder without .txt or .jsonl files"
     try:
@@ -211,7 +212,7 @@ def _load_space(space: str | dict[str, Any], study_path: Path) -> tuple[SearchSp
     if isinstance(space, dict):
         return validate(SearchSpace, space, f"{study_path} (space)"), f"{study_path} (space)"
     local = study_path.parent / space
-    path = local if local.suffix in (".yaml", ".yml") and local.is_file() else None
+    path = local if local.suffix in (".yaml", ".yml") and os.path.isfile(local) else None
     try:
         path = path or resolve("search_spaces", space)
     except UsageError as error:

@@ -9,7 +9,9 @@ read-only mounts and network file systems alike (``os.access`` does not).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -21,9 +23,10 @@ def output_folder(out: str | os.PathLike, label: str, ours: Callable[[Path], boo
     """``out`` as a folder this command may write ``what`` into; ``label`` names it in messages (``--out DIR``).
     A non-empty folder must satisfy ``ours`` (hidden files are not counted as content)."""
     path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{label}: {path} is a file, not a folder; give a new or empty folder for the {what}")
-    if path.is_dir():
+    kind = _kind(path, label)
+    if kind not in ("missing", "folder"):
+        raise UsageError(f"{label}: {path} is a {kind}, not a folder; give a new or empty folder for the {what}")
+    if kind == "folder":
         if any(not p.name.startswith(".") for p in path.iterdir()) and not ours(path):
             raise UsageError(f"{label}: {path} exists, is not empty and does not hold a {what}; nothing was "
                              "written: give a new or empty folder")
@@ -36,10 +39,11 @@ def output_folder(out: str | os.PathLike, label: str, ours: Callable[[Path], boo
 def output_file(out: str | os.PathLike, label: str, ours: Callable[[Path], bool], what: str) -> Path:
     """``out`` as a file this command may write ``what`` to: new, or an earlier output that ``ours`` recognises."""
     path = Path(out)
-    if path.is_dir():
+    kind = _kind(path, label)
+    if kind == "folder":
         raise UsageError(f"{label}: {path} is a folder; give a file name for the {what} (e.g. {path / 'layout.yaml'})")
-    if path.exists() or path.is_symlink():
-        if not path.is_file() or not ours(path):
+    if kind != "missing":
+        if kind != "file" or not ours(path):
             raise UsageError(f"{label}: {path} exists and is not a {what} written by hylo-search; nothing was "
                              "written: give a new file name")
         _check_writable(path.parent, label)
@@ -55,28 +59,46 @@ def storage_location(url: str, label: str) -> None:
     path = storage_file(url)
     if path is None:
         return
-    if path.is_dir():
-        raise UsageError(f"{label}: {path} is a folder; the storage is a file (sqlite:///PATH/study.db, "
+    kind = _kind(path, label)
+    if kind not in ("missing", "file"):
+        raise UsageError(f"{label}: {path} is a {kind}; the storage is a file (sqlite:///PATH/study.db, "
                          "journal:PATH/journal.log)")
-    _check_writable(path.parent if path.parent.is_dir() else _nearest_folder(path, label), label)
+    _check_writable(path.parent if os.path.isdir(path.parent) else _nearest_folder(path, label), label)
 
 
 def is_study_folder(folder: Path) -> bool:
     """A study folder: it has a manifest, or holds only what a driver writes before its manifest (one killed
     early)."""
     from .. import paths
+    from ..search.storage import STORAGE_LOCK_SUFFIX
 
-    names = {paths.MANIFEST, paths.STUDY_YAML, paths.STORAGE_FILE, f"{paths.STORAGE_FILE}.lock", paths.TRIALS_TABLE,
-             paths.LIBRARY_TABLE, paths.AUDIT, paths.CACHE, paths.EXPORTS, "front.html", "front.png"}
+    names = {paths.MANIFEST, paths.STUDY_YAML, paths.STORAGE_FILE, paths.STORAGE_FILE + STORAGE_LOCK_SUFFIX,
+             paths.TRIALS_TABLE, paths.LIBRARY_TABLE, paths.AUDIT, paths.CACHE, paths.EXPORTS, "front.html",
+             "front.png"}
     return (folder / paths.MANIFEST).is_file() or all(p.name in names or p.name.startswith(".")
                                                       for p in folder.iterdir())
+
+
+def _kind(path: Path, label: str) -> str:
+    """"missing", "folder", "file" or "special file" (a link counts as what it points to)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except NotADirectoryError:
+        return "missing"  # a file above it: _nearest_folder names it
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            raise UsageError(f"{label}: a name in {str(path)[:60]}... is longer than the file system allows") from None
+        raise UsageError(f"{label}: {path}: {error.strerror or error}") from None
+    return "folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "special file"
 
 
 def _nearest_folder(path: Path, label: str) -> Path:
     """The closest existing ancestor of a path that does not exist yet; it must be a folder."""
     for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
+        if os.path.exists(parent):
+            if not os.path.isdir(parent):
                 raise UsageError(f"{label}: {parent} is a file, so {path} cannot be created; give a path in a folder")
             return parent
     raise UsageError(f"{label}: {path}: no existing folder above it")

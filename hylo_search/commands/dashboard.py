@@ -17,9 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..search.storage import Manifest, find_study_folder, make_storage
+    from ..search.storage import Manifest, check_storage_url, find_study_folder, make_storage
 
     manifest = Manifest.read(find_study_folder(args.name))
+    check_storage_url(manifest.storage)
     try:
         from optuna_dashboard import run_server
     except ImportError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,8 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..errors import UsageError
     from ..probes.tasks import parse_lengths, parse_tasks
 
@@ -48,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--samples must be at least 1, got {args.samples}")
     if not Path(args.model).exists():
         raise UsageError(f"MODEL_DIR {args.model} not found")
+    from ._outputs import output_file
+
+    path = Path(args.out) if args.out else Path("eval-results") / Path(args.model).name / f"lm_eval_{args.suite}.json"
+    if path.suffix != ".json":
+        path = path / f"lm_eval_{args.suite}.json"
+    output_file(path, "--out", _is_result, "results file")
 
     import json
 
@@ -87,10 +92,18 @@ def run(args: argparse.Namespace) -> int:
         for metric, value in row.items():
             table.add_row(task, metric, f"{value:.4f}")
     console.print(table)
-    path = Path(args.out) if args.out else Path("eval-results") / Path(args.model).name / f"lm_eval_{args.suite}.json"
-    if path.suffix != ".json":
-        path = path / f"lm_eval_{args.suite}.json"
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(out, indent=1, default=str) + "\n", encoding="utf-8")
     console.print(f"-> {path}")
     return 0
+
+
+def _is_result(path: Path) -> bool:
+    """Whether ``path`` is a results file this command wrote (so a rerun may replace it)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text()) if path.stat().st_size < 1 << 26 else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"results", "missing", "ran", "versions"} <= set(data)

@@ -23,11 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from .. import paths
     from ..results.trial import export_layout
     from ._outputs import output_file
     from ._reports import open_reported
-
-    from .. import paths
 
     if args.out is not None:
         # Checked before the storage is opened: an earlier export may be replaced, nothing else of the user's.

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import UsageError
     from ..paths import MANIFEST, output_root
-    from ..search.storage import DriverLock, open_study_folder
+    from ..search.storage import DriverLock, Manifest, check_storage_url, open_study_folder
     from ..search.trials import pareto_front, trial_counts
 
     root = Path(args.root) if args.root else output_root()
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(column)
     for folder in folders:
         try:
+            check_storage_url(Manifest.read(folder).storage)  # a manifest may name anything
             handle = open_study_folder(str(folder))
         except UsageError as error:
             table.add_row(folder.name, f"unreadable: {error}", "", "", "", "", "", str(folder))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,8 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace) -> tuple[list[str], list[int]]:
     """Validate the cheap arguments before any heavy import."""
-    from pathlib import Path
-
     from ..errors import UsageError
     from ..probes.tasks import parse_lengths, parse_tasks
 
@@ -55,7 +54,15 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int]]:
         value = getattr(args, name)
         if value is not None and not Path(value).exists():
             raise UsageError(f"--{name.replace('_', '-')}: {value} not found")
+    from ._outputs import output_folder
+
+    # The results are two files named after the scorer, added beside whatever the folder holds.
+    output_folder(_out(args), "--out", lambda folder: True, "probe results")
     return tasks, lengths
+
+
+def _out(args: argparse.Namespace) -> Path:
+    return Path(args.out) if args.out else Path("probe-results") / Path(args.model).name
 
 
 def load_model(path: str, device: str | None, dtype: str | None):
@@ -79,8 +86,6 @@ def load_model(path: str, device: str | None, dtype: str | None):
 
 def run(args: argparse.Namespace) -> int:
     tasks, lengths = _check(args)
-    from pathlib import Path
-
     from rich.console import Console
     from rich.progress import Progress
 
@@ -121,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(results.table(title=f"{Path(args.model).name}: {args.scorer} scorer, % (n={args.samples})"))
     if args.scorer == "fast":
         console.print(results.table("logprob_mean"))
-    out = Path(args.out) if args.out else Path("probe-results") / Path(args.model).name
-    json_path, parquet_path = save_results(results, out)
+    json_path, parquet_path = save_results(results, _out(args))
     per_sample = sum(r["seconds"] for r in records) / len(records)
     console.print(f"mean {100 * results.mean():.1f}%, {per_sample:.2f} s per sample  ->  {json_path}  {parquet_path}")
     return 0

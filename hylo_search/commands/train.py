@@ -1,7 +1,8 @@
 """``hylo-search train --teacher T --layout L --recipe RECIPE --out DIR``: distil any layout through a recipe.
 
-Runs on one CPU/GPU as is, on several GPUs under ``accelerate launch -m hylo_search.cli train ...``. Rerunning the
-same command after an interruption resumes from the newest checkpoint in DIR.
+Runs on one CPU/GPU as is, on several GPUs under ``accelerate launch -m hylo_search.cli train ...``, on several CPU
+processes (gloo) under ``torchrun --nproc_per_node 2 -m hylo_search.cli train ...`` (``accelerate launch --cpu``
+needs MPI for that). Rerunning the same command after an interruption resumes from the newest checkpoint in DIR.
 """
 
 from __future__ import annotations
@@ -10,19 +11,25 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments ``train`` and ``promote`` share."""
-    parser.add_argument("--recipe", required=True,
-                        help="recipe YAML file, or the name of a shipped recipe under studies/recipes/ (e.g. tiny)")
+def add_training_arguments(parser: argparse.ArgumentParser, recipe_help: str | None = None) -> None:
+    """Arguments ``train`` and ``promote`` share; ``recipe_help`` makes ``--recipe`` optional (promote: the study
+    names one)."""
+    parser.add_argument("--recipe", required=recipe_help is None,
+                        help=recipe_help or "recipe YAML file, or the name of a shipped recipe under studies/recipes/ "
+                        "(e.g. tiny)")
     parser.add_argument("--out", required=True, help="output folder (checkpoints, metrics, final model)")
     parser.add_argument("--data", action="append", default=None, metavar="PATH",
                         help="data file, folder or glob replacing the recipe's data (repeat for several)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the teacher's)")
     parser.add_argument("--progress", default="auto", choices=["auto", "bar", "lines", "off"],
                         help="progress display (auto: a bar on a terminal, lines otherwise)")
+    parser.add_argument("--log-with", default="auto", metavar="TRACKERS",
+                        help="experiment trackers (accelerate's): auto (TensorBoard under OUT/tracking/ when "
+                        "tensorboard or tensorboardX is installed), none, or names such as tensorboard, wandb, "
+                        "mlflow (comma-separated)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,12 +58,13 @@ def resolve_layout(layout: str, num_layers: int) -> Any:
     from ..errors import UsageError
 
     path = Path(layout)
-    if path.is_dir():
+    # os.path, unlike Path, never raises on a layout code longer than a file name may be.
+    if os.path.isdir(path):
         if not (path / "config.json").exists():
             raise UsageError(f"--layout {layout}: a folder must be an upcycled HyLo model (no config.json)")
         return str(path)
     try:
-        parsed = read_layout(path) if path.is_file() else Layout.parse(layout)
+        parsed = read_layout(path) if os.path.isfile(path) else Layout.parse(layout, num_layers)
         parsed.check_length(num_layers)
     except ValueError as error:
         raise UsageError(f"--layout: {error}") from None
@@ -64,24 +72,32 @@ def resolve_layout(layout: str, num_layers: int) -> Any:
 
 
 def execute(teacher: str, layout: Any, args: argparse.Namespace, *, origin: dict[str, Any] | None = None,
-            student_options: dict[str, Any] | None = None) -> int:
+            student_options: dict[str, Any] | None = None, on_done: Callable[[Any], int] | None = None) -> int:
     """Check every input (nothing is written on bad input: exit 2), then train. ``origin`` (e.g. the study and
     trial a layout was promoted from) is recorded in the run's run.json; ``student_options`` override the recipe's
-    upcycling options. Returns the exit code."""
+    upcycling options; ``on_done(result)`` runs on the main process after training and gives the exit code (the
+    promotion gate). Returns the exit code."""
     from hylo_model.train import DataError, NonFiniteLossError, RecipeError, RunMismatchError, load_recipe, run_recipe
+    from hylo_model.train.trainer import trackers
 
     from ..define.teachers import check_teacher_weights
     from ..errors import UsageError
+    from ._inputs import check_recipe_data
     from ._outputs import output_folder
 
     # A rerun resumes in its own run folder (run.json); a file or a folder of the user's is refused here.
     output_folder(args.out, "--out", lambda folder: (folder / "run.json").is_file(), "training run")
+    try:
+        log_with = trackers(args.log_with)
+    except ValueError as error:
+        raise UsageError(f"--log-with: {str(error).split(': ', 1)[-1]}") from None
     try:
         recipe = load_recipe(args.recipe)
         if args.data:
             recipe = recipe.with_data([str(Path(p).resolve()) for p in args.data])
     except RecipeError as error:
         raise UsageError(str(error)) from None
+    check_recipe_data(recipe, bool(args.data))
     if student_options:
         try:
             recipe = recipe.with_student(**student_options)
@@ -116,16 +132,17 @@ def execute(teacher: str, layout: Any, args: argparse.Namespace, *, origin: dict
         # Hub ids and folders are passed as given (run.json names them); built-ins as the folder they were built in.
         source = str(teacher_dir) if teacher.startswith("builtin:") else teacher
         result = run_recipe(source, student, recipe, args.out, tokenizer=tokenizer, progress=args.progress,
-                            metadata=origin)
+                            metadata=origin, log_with=log_with)
     except (RecipeError, DataError, RunMismatchError) as error:
         raise UsageError(str(error)) from None
     except NonFiniteLossError as error:
         print(f"hylo-search: {error}", file=sys.stderr)
         return 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(_table(result))
-        print(f"final model: {Path(args.out) / 'final'}")
-    return 0
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(_table(result))
+    print(f"final model: {Path(args.out) / 'final'}")
+    return on_done(result) if on_done is not None else 0
 
 
 def _teacher_dir(teacher: str) -> Path:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from hylo_model.train.trainer import load_teacher
 
     from ..define.layout_files import read_layout
-    from ..define.teachers import check_teacher_weights
+    from ..define.teachers import check_teacher_weights, is_builtin, teacher_directory
     from ..errors import UsageError
     from ._outputs import output_folder
 
@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
         # os.path.isfile, unlike Path.is_file, never raises (a long layout code is no file name).
         layout = read_layout(args.layout) if os.path.isfile(args.layout) else Layout.parse(args.layout)
         # The gates need the teacher model; without them upcycle streams its tensors from the safetensors files.
-        teacher = args.teacher if args.no_check else load_teacher(args.teacher, dtype)[0].to(args.device or "cpu")
+        # A built-in teacher (builtin:tiny) as the folder it is shipped or built in, as `train` and `study` take it.
+        source = str(teacher_directory(args.teacher)) if is_builtin(args.teacher) else args.teacher
+        teacher = source if args.no_check else load_teacher(source, dtype)[0].to(args.device or "cpu")
         student = upcycle(
             teacher, layout, seed=args.seed, device=args.device, dtype=dtype,
             kv_lora_rank=args.kv_lora_rank, qk_rope_head_dim=args.qk_rope_head_dim,

@@ -32,8 +32,9 @@ def resolve(kind: str, name_or_path: str | os.PathLike) -> Path:
     """A shipped definition by name (``qwen1p7b``) or a YAML file by path; UsageError naming the choices."""
     text = str(name_or_path)
     path = Path(text).expanduser()
-    if path.suffix in (".yaml", ".yml") or os.sep in text or path.is_file():
-        if not path.is_file():
+    # os.path.isfile, unlike Path.is_file, never raises (a name may be longer than the file system allows).
+    if path.suffix in (".yaml", ".yml") or os.sep in text or os.path.isfile(path):
+        if not os.path.isfile(path):
             raise UsageError(f"{text}: no such file")
         return path
     shipped = shipped_files(kind)

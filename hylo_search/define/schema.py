@@ -132,10 +132,19 @@ class ReplicatesConfig(Definition):
     ``probe_samples`` samples per (task, length). Each finalist's result is a trial of its own (tier
     ``replicated``, ``replicate_of`` its first trial) whose objective values are the means over seeds (what Optuna
     sees), with the standard errors and per-seed values in its user attrs and the Parquet table; the front is taken
-    over these. ``seeds: 1`` turns replicates off."""
+    over these. ``probe_lengths``: the finalists' probe lengths (default: the study's; list longer ones to see how
+    far recall extrapolates, e.g. 64K). ``seeds: 1`` turns replicates off."""
 
     seeds: int = Field(3, ge=1)
     probe_samples: int = Field(64, ge=1)
+    probe_lengths: list[int] = []
+
+    @field_validator("probe_lengths")
+    @classmethod
+    def _lengths(cls, value: list[int]) -> list[int]:
+        if bad := [n for n in value if n < 1]:
+            raise ValueError(f"probe lengths must be >= 1 token, got {bad[0]}")
+        return value
 
 
 class PromotionConfig(Definition):

@@ -178,7 +178,7 @@ def teacher_config(teacher: str) -> Any:
                                  f"({error}); rebuild it with `python -m hylo_search.tiny_teacher`") from None
         return from_values(spec.config)
     path = Path(teacher).expanduser()
-    if path.is_dir():
+    if os.path.isdir(path):  # never raises, unlike Path.is_dir on an over-long name
         try:
             return AutoConfig.from_pretrained(path, trust_remote_code=False)
         except (OSError, ValueError) as error:
@@ -217,7 +217,7 @@ def check_teacher_weights(teacher: str) -> None:
             return
     else:
         directory = Path(teacher).expanduser()
-        if not directory.is_dir():
+        if not os.path.isdir(directory):
             return
     index = directory / "model.safetensors.index.json"
     if index.is_file():
@@ -262,7 +262,8 @@ def teacher_directory(teacher: str, cache_dir: Path | None = None) -> Path:
         return spec.directory
     digest = hashlib.sha256(json.dumps([spec.config, spec.version, spec.seed], sort_keys=True,
                                        default=str).encode()).hexdigest()[:12]
-    target = (cache_dir if cache_dir is not None else user_cache_dir()) / "teachers" / f"{teacher[len(BUILTIN_PREFIX):]}-{digest}"
+    cache_dir = cache_dir if cache_dir is not None else user_cache_dir()
+    target = cache_dir / "teachers" / f"{teacher[len(BUILTIN_PREFIX):]}-{digest}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
