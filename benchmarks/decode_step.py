@@ -16,10 +16,10 @@ import json
 import time
 
 import torch
+from long_context import SHAPES, hylo_model_for, parse_tokens, spaced
 
 import hylo_model
 import hylo_model.ops.backend
-from long_context import SHAPES, hylo_model_for, parse_tokens, spaced
 
 
 def kernels_per_step(step, steps: int = 3) -> tuple[float, float]:

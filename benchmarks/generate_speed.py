@@ -26,9 +26,8 @@ import json
 import time
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-
 from long_context import SHAPES, _weight_bytes, hbm_bandwidth, hylo_model_for, parse_tokens, spaced, teacher_model
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 
 class Stamps(StoppingCriteria):

@@ -16,9 +16,9 @@ import time
 from collections import defaultdict
 
 import torch
+from long_context import SHAPES, hylo_model_for, parse_tokens, spaced, teacher_model
 
 import hylo_model
-from long_context import SHAPES, hylo_model_for, parse_tokens, spaced, teacher_model
 
 
 class ModuleTimer:

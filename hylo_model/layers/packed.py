@@ -32,7 +32,7 @@ class PackedLinears:
         self._linears = tuple(linears)
         self.sizes = [layer.out_features for layer in self._linears]
         if len({layer.in_features for layer in self._linears}) != 1:
-            raise ValueError(f"packed linears must share their input width, got {[l.in_features for l in linears]}")
+            raise ValueError(f"packed linears must share their input width, got {[layer.in_features for layer in linears]}")
         if len({layer.bias is None for layer in self._linears}) != 1:
             raise ValueError("packed linears must all have a bias or all have none")
 

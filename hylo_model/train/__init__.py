@@ -5,8 +5,17 @@ streamed data, chunked KL, and the accelerate trainer :func:`run_recipe` shared 
 from .checkpoint import RunMismatchError, load_weights
 from .data import DataError
 from .losses import distill_loss, distill_loss_reference, token_loss
-from .recipe import (GROUPS, AlignStage, DataConfig, DistillStage, LongStage, Recipe, RecipeError, load_recipe,
-                     shipped_recipes)
+from .recipe import (
+                     GROUPS,
+                     AlignStage,
+                     DataConfig,
+                     DistillStage,
+                     LongStage,
+                     Recipe,
+                     RecipeError,
+                     load_recipe,
+                     shipped_recipes,
+)
 from .rope import set_rope_parameters, set_teacher_rope
 from .stages import converted_layers, evaluate, parameter_groups
 from .trainer import NonFiniteLossError, StageResult, StepInfo, TrainResult, make_accelerator, run_recipe

@@ -6,20 +6,26 @@
   state, the attention output and the block output.
 * :class:`AlignObjective` / :class:`DistillObjective` are ``nn.Module``s holding the student, so that accelerate /
   DDP wrap them and synchronise gradients whatever the stage computes. They return sums over tokens weighted by
-  the caller's row weights, which carry the global normaliser (so two processes equal one, see trainer.py).
+  the caller's row weights, which carry the global normaliser (so two processes equal one, see trainer.py). Each
+  owns its teacher pass (``inputs``: what its ``forward`` takes for one micro-batch, the teacher run under no_grad
+  outside the DDP module) and names the loss terms it reports (``names`` / ``terms`` / ``report``).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..layers.common import rope_frequencies
 from ..upcycle.capture import TeacherOutputs, teacher_pass
 from .losses import distill_loss, token_loss
-from .recipe import GROUPS
+from .recipe import GROUPS, AlignStage, LongStage
+from .rope import check_rope_parameters
 
 
 def parameter_groups(student: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
@@ -70,6 +76,26 @@ class AlignObjective(nn.Module):
         self.target = target
         self.loss = loss
 
+    @property
+    def names(self) -> list[str]:
+        return ["loss"] + [f"layer{i}" for i in self.layers]
+
+    def inputs(self, teacher: nn.Module, input_ids: torch.Tensor, kl_rows: torch.Tensor, ce_rows: torch.Tensor,
+               labels: torch.Tensor) -> tuple[Any, ...]:
+        """The teacher's per-layer tensors for ``input_ids`` ``[B, T]`` and the row weights: ``forward``'s
+        arguments."""
+        t_out = teacher_pass(teacher, input_ids, self.layers, attention=self.target in ("mixer", "both"),
+                             blocks=self.target in ("block", "both"))
+        return ([t_out.inputs[i] for i in self.layers], [t_out.attention.get(i) for i in self.layers],
+                [t_out.blocks.get(i) for i in self.layers], kl_rows)
+
+    def terms(self, loss: torch.Tensor, per_layer: torch.Tensor) -> list[torch.Tensor]:
+        """What one micro-batch adds to each of ``names``."""
+        return [loss.detach(), *per_layer]
+
+    def report(self, values: dict[str, float]) -> dict[str, float]:
+        return values
+
     def forward(self, inputs: list[torch.Tensor], attention: list[torch.Tensor], blocks: list[torch.Tensor],
                 row_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per converted layer (in ``self.layers`` order): ``inputs`` ``[B, T, H]`` teacher hidden states entering
@@ -96,12 +122,35 @@ class AlignObjective(nn.Module):
 class DistillObjective(nn.Module):
     """End-to-end student forward + chunked KL/CE (+ optional hidden-state MSE) against teacher tensors."""
 
+    names = ["loss", "kl", "ce", "hidden"]
+
     def __init__(self, student: nn.Module, *, temperature: float, kl_weight: float, ce_weight: float,
                  hidden_weight: float, chunk: int) -> None:
         super().__init__()
         self.student = student
         self.temperature, self.kl_weight, self.ce_weight = temperature, kl_weight, ce_weight
         self.hidden_weight, self.chunk = hidden_weight, chunk
+
+    def inputs(self, teacher: nn.Module, input_ids: torch.Tensor, kl_rows: torch.Tensor, ce_rows: torch.Tensor,
+               labels: torch.Tensor) -> tuple[Any, ...]:
+        """``forward``'s arguments for ``input_ids`` ``[B, T]``: the teacher runs only when its logits or layer
+        outputs are used (kl_weight or hidden_weight > 0)."""
+        guided = self.kl_weight > 0 or self.hidden_weight > 0
+        t_out = teacher_pass(teacher, input_ids, all_blocks=self.hidden_weight > 0) if guided else None
+        blocks = None
+        if self.hidden_weight > 0:
+            count = len(teacher.model.layers)
+            blocks = [t_out.blocks[i] for i in range(count - 1)] + [t_out.last_hidden]
+        return (input_ids, t_out.last_hidden if guided and self.kl_weight > 0 else None,
+                teacher_head(teacher) if guided else None, kl_rows, ce_rows, labels, blocks)
+
+    def terms(self, loss: torch.Tensor, stats: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return [loss.detach(), stats["kl"], stats["ce"], stats.get("hidden", loss.new_zeros(()))]
+
+    def report(self, values: dict[str, float]) -> dict[str, float]:
+        """The terms this stage optimises (a zero weight's term is left out)."""
+        weights = {"kl": self.kl_weight, "ce": self.ce_weight, "hidden": self.hidden_weight}
+        return {k: v for k, v in values.items() if weights[k] > 0}
 
     def forward(self, input_ids: torch.Tensor, teacher_hidden: torch.Tensor | None,
                 teacher_weight: torch.Tensor | None, kl_rows: torch.Tensor, ce_rows: torch.Tensor,
@@ -129,6 +178,85 @@ class DistillObjective(nn.Module):
             loss = loss + self.hidden_weight * hidden_sum
             stats["hidden"] = hidden_sum.detach()
         return loss, stats
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base rate before optimizer step ``step`` (0-based): linear warmup reaching 1 at the end
+    of warmup, then cosine / linear decay to ``min_ratio`` at the last step, or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup + 1:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup - 1))
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * decay
+
+
+def make_optimizer(student: nn.Module, stage: Any) -> tuple[torch.optim.Optimizer | None, list[str]]:
+    """AdamW over the stage's named parameter groups at their rates (no weight decay on vectors and on parameters
+    marked ``_no_weight_decay``); every other parameter is frozen. None when no group has parameters; the notes
+    say which named groups were empty."""
+    groups = parameter_groups(student)
+    notes = []
+    for param in student.parameters():
+        param.requires_grad_(False)
+    param_groups = []
+    for name, rate in stage.lr.items():
+        members = groups[name]
+        if not members:
+            notes.append(f"group {name!r} is empty" + (" (the LM head is tied to the embeddings: train "
+                                                       "'embeddings')" if name == "lm_head" else ""))
+            continue
+        decay = [p for n, p in members if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)]
+        keep = [p for n, p in members if not (p.ndim >= 2 and not getattr(p, "_no_weight_decay", False))]
+        for params, wd, tag in ((decay, stage.weight_decay, name), (keep, 0.0, f"{name}/no_decay")):
+            if params:
+                for p in params:
+                    p.requires_grad_(True)
+                param_groups.append({"params": params, "lr": rate, "weight_decay": wd, "name": tag})
+    if not param_groups:
+        return None, notes
+    return torch.optim.AdamW(param_groups, betas=stage.betas, eps=stage.eps), notes
+
+
+def long_stage_rope(stage: LongStage, original_max_positions: int) -> dict[str, Any]:
+    """A long stage's RoPE parameters; the types that scale relative to the pretraining length (yarn, llama3,
+    longrope) get the model's original context when the recipe leaves it out (transformers would take
+    max_position_embeddings, which the stage has raised to its own length)."""
+    parameters = stage.rope.parameters()
+    if parameters.get("rope_type") in ("yarn", "llama3", "longrope"):
+        parameters.setdefault("original_max_position_embeddings", original_max_positions)
+    return parameters
+
+
+def rope_warning(config: Any, original_rope: dict[str, Any], original_max_positions: int,
+                 stage: LongStage) -> str | None:
+    """Why a long stage's RoPE costs recall, or None: it changes the rotary angles of positions the model was
+    trained at although the stage does not go beyond them, and attention and MLA weights were learned at the old
+    angles (linear x2 on a student of the tiny teacher, 5 steps at 64 tokens, took needle recall at 1K tokens from
+    0.46 to 0.08). ``config``: the student's (copied, not changed)."""
+    if stage.seq_len > original_max_positions:
+        return None
+    before = copy.deepcopy(config)
+    before.rope_parameters, before.max_position_embeddings = dict(original_rope), original_max_positions
+    after = copy.deepcopy(before)
+    after.rope_parameters = check_rope_parameters(before, long_stage_rope(stage, original_max_positions))
+    (old, old_scale), (new, new_scale) = rope_frequencies(before), rope_frequencies(after)
+    if torch.equal(old, new) and old_scale == new_scale:
+        return None
+    return (f"rope {after.rope_parameters.get('rope_type')!r} changes the rotary angles of positions the model was "
+            f"trained at, yet seq_len {stage.seq_len} stays within its original context ({original_max_positions} "
+            "positions): attention and MLA weights learned at the old angles lose recall unless the stage retrains "
+            f"them; leave 'rope' out below {original_max_positions} tokens, or use rope_type 'dynamic' (unchanged up "
+            f"to {original_max_positions})")
+
+
+def make_objective(stage: Any, student: nn.Module, layers: list[int]) -> AlignObjective | DistillObjective:
+    """The objective of one recipe stage (an align stage's over the converted ``layers``)."""
+    if isinstance(stage, AlignStage):
+        return AlignObjective(student, layers, stage.target, stage.loss)
+    return DistillObjective(student, temperature=stage.temperature, kl_weight=stage.kl_weight,
+                            ce_weight=stage.ce_weight, hidden_weight=stage.hidden_weight, chunk=stage.kl_chunk)
 
 
 def next_token_labels(input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -194,8 +322,13 @@ __all__ = [
     "TeacherOutputs",
     "converted_layers",
     "evaluate",
+    "long_stage_rope",
+    "lr_factor",
+    "make_objective",
+    "make_optimizer",
     "next_token_labels",
     "parameter_groups",
+    "rope_warning",
     "teacher_head",
     "teacher_pass",
 ]

@@ -16,7 +16,6 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,148 +26,46 @@ from torch import nn
 from ..config import HyLoConfig
 from ..layout import Layout
 from ..model import HyLoForCausalLM
-from .checkpoint import CheckpointRef, RunDir, load_weights, quiet_saves
-from .data import (DataError, DocumentStream, PackedStream, Rows, Tokenize, eval_rows, register_documents,
-                   release_documents)
-from .progress import Progress
-from .recipe import AlignStage, LongStage, Recipe, RecipeError, RuntimeConfig, load_recipe
+from .checkpoint import CheckpointRef, RunDir, load_weights
+from .data import (
+    DataError,
+    DocumentStream,
+    PackedStream,
+    Rows,
+    Tokenize,
+    eval_rows,
+    register_documents,
+    release_documents,
+)
+from .launch import (
+    content_digest,
+    describe_world,
+    enable_checkpointing,
+    load_teacher,
+    make_accelerator,
+    teacher_tokenizer,
+    trackers,
+)
+from .progress import Progress, StepLog
+from .recipe import AlignStage, LongStage, Recipe, RecipeError, load_recipe
+from .results import StageResult, StageState, StepInfo, TrainResult, stage_summary
 from .rope import check_rope_parameters, restore_teacher_rope, set_rope_parameters, set_teacher_rope
-from .stages import (AlignObjective, DistillObjective, converted_layers, evaluate, next_token_labels,
-                     parameter_groups, teacher_head, teacher_pass)
+from .stages import (
+    AlignObjective,
+    DistillObjective,
+    converted_layers,
+    evaluate,
+    long_stage_rope,
+    lr_factor,
+    make_objective,
+    make_optimizer,
+    next_token_labels,
+    rope_warning,
+)
 
 
 class NonFiniteLossError(RuntimeError):
     """A NaN/inf loss or gradient stopped a stage; the last good checkpoint is kept."""
-
-
-@dataclass
-class StepInfo:
-    """What ``on_step`` receives after every optimizer step (and that step's checkpoint, if any), on every process."""
-
-    stage: str
-    stage_index: int
-    kind: str
-    step: int
-    steps: int
-    loss: float
-    metrics: dict[str, float]
-    lr: dict[str, float]
-    tokens: int
-    tokens_per_s: float
-    model: nn.Module
-
-
-@dataclass
-class StageResult:
-    """``losses``: the global loss of every optimizer step; ``metrics``: the last step's loss terms; ``eval_before``
-    / ``eval_after``: held-out ``kl``, ``ce`` (and ``layer_loss`` per converted layer for align stages)."""
-
-    name: str
-    kind: str
-    steps: int
-    tokens: int
-    seconds: float
-    losses: list[float] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-    eval_before: dict[str, Any] = field(default_factory=dict)
-    eval_after: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StageResult:
-        data = dict(data)
-        for key in ("eval_before", "eval_after"):
-            if "layer_loss" in data.get(key, {}):
-                data[key] = {**data[key], "layer_loss": {int(k): v for k, v in data[key]["layer_loss"].items()}}
-        return cls(**data)
-
-
-@dataclass
-class TrainResult:
-    """``heldout_kl`` / ``heldout_loss``: held-out KL(teacher ‖ student) and student next-token loss per token after
-    the last stage (the search's proxy objective); ``losses``: ``{stage: [loss per optimizer step]}``."""
-
-    stages: list[StageResult]
-    model: HyLoForCausalLM
-    out_dir: Path | None = None
-    recipe: str | None = None
-    heldout_kl: float | None = field(init=False)
-    heldout_loss: float | None = field(init=False)
-    losses: dict[str, list[float]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        last = next((s.eval_after for s in reversed(self.stages) if s.eval_after), {})
-        self.heldout_kl = last.get("kl")
-        self.heldout_loss = last.get("ce")
-        self.losses = {s.name: list(s.losses) for s in self.stages}
-
-    def stage(self, name: str) -> StageResult:
-        for stage in self.stages:
-            if stage.name == name:
-                return stage
-        raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in self.stages)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"recipe": self.recipe, "heldout_kl": self.heldout_kl, "heldout_loss": self.heldout_loss,
-                "stages": [asdict(s) for s in self.stages]}
-
-
-def make_accelerator(runtime: RuntimeConfig | None = None) -> Any:
-    """An ``accelerate.Accelerator`` for the runtime settings (reads ``accelerate launch``'s environment)."""
-    from accelerate import Accelerator
-
-    runtime = runtime or RuntimeConfig()
-    cuda = torch.cuda.is_available()
-    precision = runtime.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(cpu=not cuda, mixed_precision=precision)
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the base rate before optimizer step ``step`` (0-based): linear warmup reaching 1 at the end
-    of warmup, then cosine / linear decay to ``min_ratio`` at the last step, or constant."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup + 1:
-        return 1.0
-    progress = min(1.0, (step - warmup) / (total - warmup - 1))
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
-    return min_ratio + (1 - min_ratio) * decay
-
-
-def load_teacher(teacher: nn.Module | str | os.PathLike, dtype: torch.dtype | None = None) -> tuple[nn.Module, str]:
-    """A loaded teacher as is, or a Llama/Qwen directory / hub id loaded with transformers (safetensors only)."""
-    if isinstance(teacher, nn.Module):
-        return teacher, str(getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__)
-    from transformers import AutoModelForCausalLM
-
-    from ..upcycle.source import resolve_local_dir
-
-    directory = resolve_local_dir(teacher)
-    with quiet_saves():
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, trust_remote_code=False,
-                                                     use_safetensors=True)
-    return model, str(teacher)
-
-
-def enable_checkpointing(model: nn.Module) -> None:
-    """Recompute each decoder layer in the backward pass (non-reentrant, so DDP and frozen inputs work)."""
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 (the older name is deprecated)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def _digest(model: nn.Module) -> str:
-    """A cheap content digest (sum and abs-sum per tensor) telling models apart in run fingerprints."""
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().double()
-            h.update(f"{name}{tuple(tensor.shape)}".encode())
-            h.update(torch.stack([flat.sum(), flat.abs().sum()]).cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def run_recipe(
@@ -186,6 +83,7 @@ def run_recipe(
     metadata: dict[str, Any] | None = None,
     tokens: int | None = None,
     seed: int | None = None,
+    log_with: str | list[str] | None = "auto",
 ) -> TrainResult:
     """Train ``student`` from ``teacher`` through the recipe's stages and return per-stage losses and held-out
     metrics (``result.heldout_kl`` is the final held-out KL).
@@ -202,7 +100,9 @@ def run_recipe(
     rerunning with the same arguments resumes from the newest checkpoint (None: nothing is written — the proxy).
     ``metadata`` is stored in ``out_dir/run.json`` (e.g. where a promoted layout came from). ``on_step`` is
     called after every optimizer step (see :class:`StepInfo`); an exception it raises stops the run (a search can
-    prune a trial this way).
+    prune a trial this way). ``log_with``: experiment trackers (:func:`trackers`; the default is TensorBoard when
+    installed) that receive every step's losses, rates and held-out scores, with local logs under
+    ``out_dir/tracking/`` (only with an ``out_dir``, and only when the trainer makes the accelerator).
     Bad inputs raise ValueError subclasses (:class:`RecipeError`, :class:`DataError`, RunMismatchError) before
     anything is written.
     """
@@ -218,7 +118,7 @@ def run_recipe(
         if seed is not None:
             recipe = recipe.with_seed(seed)
         return _Trainer(teacher, student, recipe, out_dir, tokenizer, data, accelerator, progress, on_step, resume,
-                        metadata).run()
+                        metadata, log_with).run()
     finally:
         if memory_key is not None:
             release_documents(memory_key)
@@ -226,20 +126,22 @@ def run_recipe(
 
 class _Trainer:
     def __init__(self, teacher, student, recipe, out_dir, tokenizer, data, accelerator, progress, on_step, resume,
-                 metadata):
+                 metadata, log_with="auto"):
         self.metadata = metadata or {}
         self.recipe = load_recipe(recipe)
         if data is not None:
             self.recipe = self.recipe.with_data(data)
         self.names = self.recipe.stage_names()
         runtime = self.recipe.runtime
-        self.acc = accelerator or make_accelerator(runtime)
+        self.log_with = trackers(log_with) if out_dir is not None and accelerator is None else []
+        self.acc = accelerator or make_accelerator(runtime, self.log_with,
+                                                   Path(out_dir) / "tracking" if self.log_with else None)
         self.device = self.acc.device
         cuda = self.device.type == "cuda"
         self.teacher_dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bfloat16": torch.bfloat16,
                               "float32": torch.float32}[runtime.teacher_dtype]
         self.teacher, self.teacher_name = load_teacher(teacher, self.teacher_dtype)
-        self.tokenizer = tokenizer if tokenizer is not None else self._teacher_tokenizer(teacher)
+        self.tokenizer = tokenizer if tokenizer is not None else teacher_tokenizer(teacher)
         self.student_spec = student
         self.run_dir = RunDir(out_dir, self.acc) if out_dir is not None else None
         self.progress = Progress(progress, self.acc.is_main_process, runtime.log_every)
@@ -248,19 +150,7 @@ class _Trainer:
         self.last_checkpoint: Path | None = None
         self._teacher_rope_saved: dict[str, Any] | None = None
         self._last_eval: tuple[Any, dict[str, Any]] | None = None
-
-    def _teacher_tokenizer(self, teacher: Any) -> Any:
-        source = teacher if not isinstance(teacher, nn.Module) else getattr(teacher.config, "_name_or_path", "")
-        if not source:
-            return None
-        try:
-            from transformers import AutoTokenizer
-
-            from ..upcycle.source import resolve_local_dir
-
-            return AutoTokenizer.from_pretrained(resolve_local_dir(source), trust_remote_code=False)
-        except (OSError, ValueError):
-            return None
+        self.rope_notes: dict[int, list[str]] = {}
 
     # Setup: everything here may raise on bad input; nothing is written before `begin`.
     def _setup(self) -> tuple[dict[str, Any] | None, CheckpointRef | None]:
@@ -284,9 +174,9 @@ class _Trainer:
         identity = {
             "recipe": self.recipe.fingerprint(),
             "teacher": self.teacher_name,
-            "teacher_digest": _digest(self.teacher) if self.run_dir is not None else "",
+            "teacher_digest": content_digest(self.teacher) if self.run_dir is not None else "",
             "layout": layout,
-            "student": (_digest(spec) if is_model else str(Path(spec).resolve()) if is_dir else
+            "student": (content_digest(spec) if is_model else str(Path(spec).resolve()) if is_dir else
                         self.recipe.student.model_dump_json()) if self.run_dir is not None else "",
         }
         self.fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -336,9 +226,13 @@ class _Trainer:
                                   f"{world} processes × micro_batch_size {stage.micro_batch_size or 1}")
             if isinstance(stage, LongStage) and stage.rope is not None:
                 try:
-                    check_rope_parameters(self.student.config, stage.rope.parameters(), stage.seq_len)
+                    check_rope_parameters(self.student.config, long_stage_rope(stage, self.original_max_positions), stage.seq_len)
                 except ValueError as error:
                     raise RecipeError(f"{where}.rope': {error}") from None
+                note = rope_warning(self.student.config, self.original_rope, self.original_max_positions, stage)
+                if note:
+                    self.rope_notes[index] = [note]
+                    self.progress.message(f"[{self.names[index]}] warning: {note}")
             if any(s.tokens_field is None for s in data.sources) and self.tokenizer is None:
                 raise DataError(f"stage {self.names[index]!r}: text data needs a tokenizer and the teacher has none; "
                                 "pass tokenizer= (or --tokenizer), or use pre-tokenized data (tokens_field)")
@@ -357,6 +251,7 @@ class _Trainer:
 
     # The run.
     def run(self) -> TrainResult:
+        self.progress.message(describe_world(self.acc))
         meta, ref = self._setup()
         if self.run_dir is not None:
             stored = self.run_dir.result() if meta is not None and self.resume else None
@@ -372,6 +267,19 @@ class _Trainer:
                 "original_max_positions": self.original_max_positions, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "metadata": self.metadata,
             }, yaml.safe_dump(self.recipe.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        if self.log_with:
+            self.acc.init_trackers(self.recipe.name or "hylo", config={
+                "recipe": self.recipe.name or "", "teacher": self.teacher_name, "layout": self.layout,
+                "seed": self.recipe.seed, "stages": ",".join(self.names), "processes": self.acc.num_processes})
+        offsets = [sum(s.num_steps for s in self.recipe.stages[:i]) for i in range(len(self.recipe.stages))]
+        self.log = StepLog(self.run_dir, self.progress, self.acc, bool(self.log_with), offsets)
+        try:
+            return self._train(ref)
+        finally:
+            for tracker in self.acc.trackers if self.log_with else ():
+                tracker.finish()  # not acc.end_training(): that also ends the process group its caller may use
+
+    def _train(self, ref: CheckpointRef | None) -> TrainResult:
         torch.manual_seed(self.recipe.seed)
         if self.recipe.runtime.gradient_checkpointing:
             enable_checkpointing(self.student)
@@ -418,9 +326,13 @@ class _Trainer:
             if isinstance(stage, LongStage):
                 max_pos = max(max_pos, stage.seq_len)
                 if stage.rope is not None:
-                    student_rope = stage.rope.parameters()
+                    student_rope = long_stage_rope(stage, self.original_max_positions)
                     if stage.rope_teacher:
-                        teacher_rope = stage.rope.parameters()
+                        teacher_rope = student_rope
+        if student_rope.get("rope_type") == "dynamic":
+            # Dynamic NTK scaling starts beyond max_position_embeddings (transformers reads it as the pretraining
+            # length): raised to the stage's length, it would scale nothing the stage trains on.
+            max_pos = self.original_max_positions
         config = self.student.config
         if config.rope_parameters != check_rope_parameters(config, student_rope, max_pos) or \
                 config.max_position_embeddings != max_pos:
@@ -436,29 +348,6 @@ class _Trainer:
         elif self._teacher_rope_saved is not None:
             restore_teacher_rope(self.teacher, self._teacher_rope_saved)
             self._teacher_rope_saved = None
-
-    def _optimizer(self, stage: Any) -> tuple[torch.optim.Optimizer | None, list[str]]:
-        groups = parameter_groups(self.student)
-        notes = []
-        for param in self.student.parameters():
-            param.requires_grad_(False)
-        param_groups = []
-        for name, rate in stage.lr.items():
-            members = groups[name]
-            if not members:
-                notes.append(f"group {name!r} is empty" + (" (the LM head is tied to the embeddings: train "
-                                                           "'embeddings')" if name == "lm_head" else ""))
-                continue
-            decay = [p for n, p in members if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)]
-            keep = [p for n, p in members if not (p.ndim >= 2 and not getattr(p, "_no_weight_decay", False))]
-            for params, wd, tag in ((decay, stage.weight_decay, name), (keep, 0.0, f"{name}/no_decay")):
-                if params:
-                    for p in params:
-                        p.requires_grad_(True)
-                    param_groups.append({"params": params, "lr": rate, "weight_decay": wd, "name": tag})
-        if not param_groups:
-            return None, notes
-        return torch.optim.AdamW(param_groups, betas=stage.betas, eps=stage.eps), notes
 
     def _evaluate(self, index: int, stage: Any, layers: list[int]) -> dict[str, Any]:
         align = (stage.target, stage.loss) if isinstance(stage, AlignStage) else None
@@ -479,106 +368,98 @@ class _Trainer:
         steps = stage.num_steps
         self._apply_rope(index)
         layers = converted_layers(self.student)
-        optimizer, notes = self._optimizer(stage)
+        optimizer, notes = make_optimizer(self.student, stage)
+        notes = self.rope_notes.get(index, []) + notes
         if optimizer is None or (isinstance(stage, AlignStage) and not layers):
-            notes.append("skipped: nothing to train (no converted layers or no parameters in the named groups)")
-            self.progress.message(f"[{name}] " + "; ".join(notes))
-            # Still scored, so a layout with nothing to train (the teacher itself) reports its held-out KL.
-            scores = self._evaluate(index, stage, layers)
-            return StageResult(name, stage.kind, 0, 0, 0.0, eval_before=scores, eval_after=scores,
-                               notes=notes), doc_state
+            return self._skipped(index, layers, notes), doc_state
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
             s, steps, stage.warmup(), stage.schedule, stage.min_lr_ratio))
-        if isinstance(stage, AlignStage):
-            objective: nn.Module = AlignObjective(self.student, layers, stage.target, stage.loss)
-        else:
-            objective = DistillObjective(self.student, temperature=stage.temperature, kl_weight=stage.kl_weight,
-                                         ce_weight=stage.ce_weight, hidden_weight=stage.hidden_weight,
-                                         chunk=stage.kl_chunk)
+        objective = make_objective(stage, self.student, layers)
         self.student.train()
         prepared, optimizer = self.acc.prepare(objective, optimizer)
-        data = self.recipe.stage_data(index)
-        where = "data" if stage.data is None else f"stages[{index}].data"
-        docs = DocumentStream(data, self.recipe.resolve_path, self.recipe.seed, "train", loop=True, where=where)
-        if stage.data is None and doc_state is not None:
-            docs.load_state_dict(doc_state)  # continue the recipe-level corpus where the previous stage stopped
-        stream = PackedStream(docs, self.tokenize[index], stage.seq_len, seed=self.recipe.seed * 1000 + index)
+        stream = self._stream(index, doc_state)
         if ref is not None:
-            state = ref.state()
             self.run_dir.restore(ref, optimizer, scheduler)
-            stream.load_state_dict(state["data"])
-            start, losses, tokens, seconds = state["step"], state["losses"], state["tokens"], state["seconds"]
-            eval_before, metrics = state["eval_before"], state["metrics"]
+            state = StageState.from_checkpoint(ref.state(), stream)
         else:
-            start, losses, tokens, seconds, metrics = 0, [], 0, 0.0, {}
-            eval_before = self._evaluate(index, stage, layers)
-        self.progress.start_stage(name, steps, start)
+            state = StageState(eval_before=self._evaluate(index, stage, layers))
+        self.progress.start_stage(name, steps, state.step)
         every = self.recipe.runtime.checkpoint_every
         try:
-            for step in range(start + 1, steps + 1):
+            for step in range(state.step + 1, steps + 1):
                 began = time.perf_counter()
                 rows = stream.next_rows(stage.batch_size)
-                loss, metrics, grad_norm = self._step(stage, prepared, rows, layers)
+                loss, metrics, grad_norm = self._step(stage, objective, prepared, rows)
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    where_ckpt = (f"the last good checkpoint {self.last_checkpoint} is kept; rerunning resumes from it"
-                                  if self.last_checkpoint else "no checkpoint was written before it")
-                    raise NonFiniteLossError(
-                        f"stage {name!r} step {step}: {'loss' if not math.isfinite(loss) else 'gradient norm'} is "
-                        f"{loss if not math.isfinite(loss) else grad_norm} (not finite), stage stopped; {where_ckpt}. "
-                        f"Lower the learning rate (stages[{index}].lr) or check the data.")
+                    self._stop_non_finite(name, index, step, loss, grad_norm)
                 rates = {g["name"].split("/")[0]: g["lr"] for g in optimizer.param_groups}  # this step's rates
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 self._last_eval = None  # the weights changed
                 elapsed = time.perf_counter() - began
-                seconds += elapsed
                 batch_tokens = stage.batch_size * stage.seq_len
-                tokens += batch_tokens
-                losses.append(loss)
-                if self.run_dir is not None:
-                    self.run_dir.append_metrics({"stage": name, "stage_index": index, "kind": stage.kind,
-                                                 "step": step, "loss": loss, **metrics, "grad_norm": grad_norm,
-                                                 "lr": rates, "tokens": tokens,
-                                                 "tokens_per_s": batch_tokens / elapsed})
-                self.progress.update(step, batch_tokens / elapsed, {"loss": loss, **metrics})
+                state.advance(step, loss, metrics, batch_tokens, elapsed)
+                self.log.step(name, index, stage.kind, step, loss, metrics, grad_norm, rates, state.tokens,
+                              batch_tokens / elapsed)
                 if self.recipe.eval.every and step % self.recipe.eval.every == 0 and step < steps:
-                    result = self._evaluate(index, stage, layers)
-                    if self.run_dir is not None:
-                        self.run_dir.append_metrics({"stage": name, "stage_index": index, "step": step,
-                                                     "eval": result})
+                    self.log.evaluation(name, index, step, self._evaluate(index, stage, layers))
                 if self.run_dir is not None and every and step % every == 0 and step < steps:
-                    self.last_checkpoint = self.run_dir.save(index, name, step, self.student, {
-                        "stage_index": index, "stage_name": name, "step": step, "steps": steps, "stage_done": False,
-                        "data": stream.state_dict(), "losses": losses, "tokens": tokens, "seconds": seconds,
-                        "metrics": metrics, "eval_before": eval_before, "fingerprint": self.fingerprint,
-                        "completed": [asdict(s) for s in completed], "recipe_doc_state": doc_state,
-                    }, optimizer, scheduler)
+                    self.last_checkpoint = self.run_dir.save(index, name, step, self.student, state.checkpoint(
+                        index, name, steps, stream, self.fingerprint, completed, doc_state), optimizer, scheduler)
                     self.run_dir.prune(self.recipe.runtime.keep_checkpoints)
                 if self.on_step is not None:
-                    self.on_step(StepInfo(name, index, stage.kind, step, steps, loss, metrics, rates, tokens,
+                    self.on_step(StepInfo(name, index, stage.kind, step, steps, loss, metrics, rates, state.tokens,
                                           batch_tokens / elapsed, self.student))
         finally:
             self.progress.end_stage()
             self.acc.free_memory()
         eval_after = self._evaluate(index, stage, layers)
-        result = StageResult(name, stage.kind, steps, tokens, seconds, losses, metrics, eval_before, eval_after, notes)
+        self.log.heldout(name, index, steps, eval_after)
+        result = StageResult(name, stage.kind, steps, state.tokens, state.seconds, state.losses, state.metrics,
+                             state.eval_before, eval_after, notes)
         if stage.data is None:
             doc_state = stream.document_state()
         if self.run_dir is not None:
-            self.last_checkpoint = self.run_dir.save(index, name, steps, self.student, {
-                "stage_index": index, "stage_name": name, "step": steps, "steps": steps, "stage_done": True,
-                "result": asdict(result), "fingerprint": self.fingerprint,
-                "completed": [asdict(s) for s in completed], "recipe_doc_state": doc_state,
-            })
+            self.last_checkpoint = self.run_dir.save(index, name, steps, self.student, StageState.finished(
+                index, result, self.fingerprint, completed, doc_state))
             self.run_dir.prune(self.recipe.runtime.keep_checkpoints)
-        self.progress.message(_summary(result))
+        self.progress.message(stage_summary(result))
         return result, doc_state
 
-    def _step(self, stage: Any, prepared: nn.Module, rows: Rows, layers: list[int]
+    def _skipped(self, index: int, layers: list[int], notes: list[str]) -> StageResult:
+        """A stage with nothing to train, still scored: a layout with nothing to train (the teacher itself) reports
+        its held-out KL."""
+        stage, name = self.recipe.stages[index], self.names[index]
+        notes.append("skipped: nothing to train (no converted layers or no parameters in the named groups)")
+        self.progress.message(f"[{name}] " + "; ".join(notes))
+        scores = self._evaluate(index, stage, layers)
+        return StageResult(name, stage.kind, 0, 0, 0.0, eval_before=scores, eval_after=scores, notes=notes)
+
+    def _stream(self, index: int, doc_state: dict[str, Any] | None) -> PackedStream:
+        """Stage ``index``'s training rows; a stage on the recipe-level corpus continues it where the previous
+        stage stopped (``doc_state``)."""
+        stage = self.recipe.stages[index]
+        where = "data" if stage.data is None else f"stages[{index}].data"
+        docs = DocumentStream(self.recipe.stage_data(index), self.recipe.resolve_path, self.recipe.seed, "train",
+                              loop=True, where=where)
+        if stage.data is None and doc_state is not None:
+            docs.load_state_dict(doc_state)
+        return PackedStream(docs, self.tokenize[index], stage.seq_len, seed=self.recipe.seed * 1000 + index)
+
+    def _stop_non_finite(self, name: str, index: int, step: int, loss: float, grad_norm: float) -> None:
+        where = (f"the last good checkpoint {self.last_checkpoint} is kept; rerunning resumes from it"
+                 if self.last_checkpoint else "no checkpoint was written before it")
+        what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", grad_norm)
+        raise NonFiniteLossError(
+            f"stage {name!r} step {step}: {what} is {value} (not finite), stage stopped; {where}. "
+            f"Lower the learning rate (stages[{index}].lr) or check the data.")
+
+    def _step(self, stage: Any, objective: AlignObjective | DistillObjective, prepared: nn.Module, rows: Rows
               ) -> tuple[float, dict[str, float], float]:
         """One optimizer step's forward/backward over the global batch ``rows`` (this process takes its slice);
-        returns the global loss, its terms, and the gradient norm (after clipping is applied to the grads)."""
+        returns the global loss, its terms, and the gradient norm (after clipping is applied to the grads).
+        ``objective`` runs the teacher for each micro-batch; ``prepared`` is it wrapped by accelerate (DDP)."""
         acc, world = self.acc, self.acc.num_processes
         per = len(rows) // world
         local = rows.slice(acc.process_index * per, (acc.process_index + 1) * per)
@@ -590,57 +471,26 @@ class _Trainer:
         labels = next_token_labels(local.input_ids, local.lengths)
         kl_rows = mask.float() * (world / n_kl)
         ce_rows = (labels >= 0).float() * (world / n_ce)
-        align = isinstance(stage, AlignStage)
-        names = ["loss"] + ([f"layer{i}" for i in layers] if align else ["kl", "ce", "hidden"])
-        totals = torch.zeros(len(names), dtype=torch.float64)
+        totals = torch.zeros(len(objective.names), dtype=torch.float64)
         count = per // micro
         for k in range(count):
             part = slice(k * micro, (k + 1) * micro)
             ids = local.input_ids[part].to(self.device)
             sync = nullcontext() if k == count - 1 else acc.no_sync(prepared)
             with sync:
-                if align:
-                    t_out = teacher_pass(self.teacher, ids, layers, attention=stage.target in ("mixer", "both"),
-                                         blocks=stage.target in ("block", "both"))
-                    loss, per_layer = prepared(
-                        [t_out.inputs[i] for i in layers],
-                        [t_out.attention.get(i) for i in layers], [t_out.blocks.get(i) for i in layers],
-                        kl_rows[part].to(self.device))
-                    values = [loss.detach(), *per_layer]
-                else:
-                    guided = stage.guided
-                    t_out = teacher_pass(self.teacher, ids, all_blocks=stage.hidden_weight > 0) if guided else None
-                    blocks = None
-                    if stage.hidden_weight > 0:
-                        count_layers = len(self.teacher.model.layers)
-                        blocks = [t_out.blocks[i] for i in range(count_layers - 1)] + [t_out.last_hidden]
-                    loss, stats = prepared(
-                        ids, t_out.last_hidden if guided and stage.kl_weight > 0 else None,
-                        teacher_head(self.teacher) if guided else None, kl_rows[part].to(self.device),
-                        ce_rows[part].to(self.device), labels[part].to(self.device), blocks)
-                    values = [loss.detach(), stats["kl"], stats["ce"], stats.get("hidden", loss.new_zeros(()))]
+                inputs = objective.inputs(self.teacher, ids, kl_rows[part].to(self.device),
+                                          ce_rows[part].to(self.device), labels[part].to(self.device))
+                loss, out = prepared(*inputs)
+                values = objective.terms(loss, out)
                 acc.backward(loss)
             totals += torch.stack([v.detach().double().cpu() for v in values])
         reduced = acc.reduce(totals.to(self.device), reduction="sum").cpu() / world if world > 1 else totals
         max_norm = stage.grad_clip if stage.grad_clip > 0 else float("inf")
         grad_norm = float(acc.clip_grad_norm_([p for p in prepared.parameters() if p.requires_grad], max_norm))
-        values = dict(zip(names, reduced.tolist()))
+        values = dict(zip(objective.names, reduced.tolist()))
         loss = values.pop("loss")
-        if not align:
-            values = {k: v for k, v in values.items()
-                      if (k == "kl" and stage.kl_weight > 0) or (k == "ce" and stage.ce_weight > 0)
-                      or (k == "hidden" and stage.hidden_weight > 0)}
-        return loss, values, grad_norm
-
-
-def _summary(result: StageResult) -> str:
-    def fmt(ev: dict[str, Any]) -> str:
-        parts = [f"kl {ev['kl']:.4g}" if ev.get("kl") is not None else "", f"ce {ev['ce']:.4g}" if "ce" in ev else ""]
-        return " ".join(p for p in parts if p)
-
-    return (f"[{result.name}] done: {result.steps} steps, {result.tokens} tokens, {result.seconds:.1f}s; "
-            f"held-out {fmt(result.eval_before)} -> {fmt(result.eval_after)}")
+        return loss, objective.report(values), grad_norm
 
 
 __all__ = ["NonFiniteLossError", "StageResult", "StepInfo", "TrainResult", "enable_checkpointing", "load_teacher",
-           "lr_factor", "make_accelerator", "run_recipe"]
+           "lr_factor", "make_accelerator", "run_recipe", "trackers"]

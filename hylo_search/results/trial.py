@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import paths
 from ..define.layout_files import write_layout
-from ..define.teachers import is_builtin, teacher_directory
 from ..errors import UsageError
 from ..search.storage import StudyFolder, open_study_folder
 from ..search.trials import INTERRUPTED_ATTR, status_of
@@ -27,7 +28,11 @@ def get_trial(handle: StudyFolder, number: int) -> FrozenTrial:
 
 def export_layout(study: StudyFolder | str, trial: int, out: str | os.PathLike | None = None) -> Path:
     """Write trial ``trial``'s layout as a file ``hylo-search promote`` / ``train`` / ``upcycle`` read, with the
-    teacher, the upcycle options and the trial's scores. ``study`` is a name, a study folder or a StudyFolder."""
+    teacher, the upcycle options and the trial's scores. ``study`` is a name, a study folder or a StudyFolder.
+
+    For ``promote``'s gate the file also carries the study's ``probes`` (kind, tasks, lengths, scorer), its
+    ``promotion`` settings (recipe, gate, gate_seed, gate_samples) and the trial's ``promise``: per probe metric
+    (``probe_*``, at each length), ``{mean, se, n, seeds}`` (see :func:`promise_of`)."""
     handle = open_study_folder(study) if isinstance(study, str) else study
     t = get_trial(handle, trial)
     if t.state != TrialState.COMPLETE:
@@ -42,17 +47,75 @@ def export_layout(study: StudyFolder | str, trial: int, out: str | os.PathLike |
         "constraints": dict(t.constraints), "baseline": t.user_attrs.get("baseline"),
         "hylo_version": handle.manifest.version,
     }
+    resolved = _resolved_study(handle)
+    if resolved is not None:
+        probes = resolved.get("probes") or {}
+        metadata["probes"] = {k: probes.get(k) for k in ("kind", "tasks", "lengths", "scorer")}
+        metadata["promotion"] = resolved.get("promotion") or {}
+        source, promise = promise_of(handle, t, probes)
+        if promise:
+            metadata["promise"] = promise
+            if source != trial:
+                metadata["promise_trial"] = source
     return write_layout(path, layout, **metadata)
 
 
+# Probe metrics whose values are means of per-sample scores in [0, 1]: a single run's standard error is at most
+# the binomial sqrt(p (1 - p) / n), which is what it gets. Other metrics (log-likelihoods, plug-ins') get none.
+BOUNDED_PROBE_METRICS = ("probe_accuracy", "probe_partial")
+
+
+def promise_of(handle: StudyFolder, trial: FrozenTrial, probes: dict[str, Any]
+               ) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(the trial the promise comes from, ``{metric: {mean, se, n, seeds}}``) for every probe metric of ``trial``.
+
+    A replicated trial (user attr ``replicates``), or the replicated trial of the same layout
+    (``replicate_of`` = ``trial``), gives each metric's mean and standard error over its seeds; ``n`` is the probe
+    samples behind one seed's value (samples x tasks). A single run gives its value, ``seeds`` [its seed], and for
+    :data:`BOUNDED_PROBE_METRICS` the binomial standard error; others ``se: None``."""
+    source = trial
+    if not trial.user_attrs.get("replicates"):
+        for other in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if other.user_attrs.get("replicate_of") == trial.number and other.user_attrs.get("replicates"):
+                source = other
+                break
+    tasks = max(1, len(probes.get("tasks") or []))
+    replicates = source.user_attrs.get("replicates") or {}
+    promise: dict[str, dict[str, Any]] = {}
+    if replicates.get("metrics"):
+        n = int(replicates.get("probe_samples") or probes.get("samples") or 0) * tasks
+        for name, summary in sorted(replicates["metrics"].items()):
+            if name.startswith("probe_"):
+                promise[name] = {"mean": float(summary["mean"]), "se": summary.get("se"), "n": n,
+                                 "seeds": list(replicates.get("seeds") or [])}
+        return source.number, promise
+    n = int(probes.get("samples") or 0) * tasks
+    seed = (source.user_attrs.get("run") or {}).get("seed")
+    for name, value in sorted((source.user_attrs.get("metrics") or {}).items()):
+        if not name.startswith("probe_") or value is None:
+            continue
+        value = float(value)
+        bounded = name.partition("@")[0] in BOUNDED_PROBE_METRICS and 0.0 <= value <= 1.0 and n > 0
+        promise[name] = {"mean": value, "se": math.sqrt(value * (1 - value) / n) if bounded else None, "n": n,
+                         "seeds": [seed] if seed is not None else []}
+    return source.number, promise
+
+
+def _resolved_study(handle: StudyFolder) -> dict[str, Any] | None:
+    """The resolved study the folder was run with (study.yaml), or None when it is missing or unreadable."""
+    try:
+        data = yaml.safe_load((handle.folder / paths.STUDY_YAML).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _teacher_for_export(handle: StudyFolder) -> str:
-    """What ``teacher:`` must say for upcycle / promote to load it: a hub id as is, a local path made absolute,
-    a built-in teacher as the directory it was built in (built again, identically, if the cache was removed)."""
-    teacher = handle.manifest.teacher
-    if is_builtin(teacher):
-        return str(teacher_directory(teacher, handle.folder / paths.CACHE).resolve())
-    local = Path(teacher).expanduser()
-    return str(local.resolve()) if local.is_dir() else teacher
+    """The teacher as the study names it (``builtin:tiny``, a hub id, or a path as given), so that a layout file
+    holds nothing of this machine. ``promote`` / ``train`` / ``upcycle`` resolve each: a built-in is the shipped
+    folder or built again, identically; a relative path is read from the layout file's folder when it exists
+    there, else from the working directory."""
+    return handle.manifest.teacher
 
 
 _COLOURS = {"A": "bold white on red", "L": "black on yellow", "M": "white on blue", "G": "black on green"}

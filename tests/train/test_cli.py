@@ -4,8 +4,8 @@ does; bad input exits 2 with one line naming the file and field, and writes noth
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys

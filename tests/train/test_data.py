@@ -11,8 +11,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from hylo_model.train.data import (DataError, DocumentStream, PackedStream, Packer, Tokenize, eval_rows,
-                                   iter_documents, register_documents, release_documents, source_files)
+from hylo_model.train.data import (
+    DataError,
+    DocumentStream,
+    PackedStream,
+    Packer,
+    Tokenize,
+    eval_rows,
+    iter_documents,
+    register_documents,
+    release_documents,
+    source_files,
+)
 from hylo_model.train.recipe import DataConfig
 from tests.train.conftest import CORPUS
 

@@ -5,7 +5,6 @@ See README.md in this folder for the math and the kernel choice.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 
