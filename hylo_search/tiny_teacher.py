@@ -61,8 +61,6 @@ def build_tokenizer(vocab_size: int = 3072):
     """A byte-level BPE trained in memory on the probe templates, the essay text and the word lists (deterministic).
 
     Numbers split into chunks of up to three digits, one token each (as Llama 3's tokenizer does)."""
-
-
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated"),
@@ -74,8 +72,9 @@ def build_tokenizer(vocab_size: int = 3072):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     # The templates are repeated so their words become single tokens, as in a real vocabulary.
-    templates = [task_specs.NOISE, task_specs.NIAH_TEMPLATE, task_specs.NIAH_ANSWER_PREFIX, task_specs.NIAH_NEEDLE, task_specs.VT_TEMPLATE, task_specs.VT_ANSWER_PREFIX,
-                 task_specs.CWE_TEMPLATE, task_specs.CWE_ANSWER_PREFIX, task_specs.FWE_TEMPLATE, task_specs.FWE_ANSWER_PREFIX]
+    templates = [task_specs.NOISE, task_specs.NIAH_TEMPLATE, task_specs.NIAH_ANSWER_PREFIX, task_specs.NIAH_NEEDLE,
+                 task_specs.VT_TEMPLATE, task_specs.VT_ANSWER_PREFIX, task_specs.CWE_TEMPLATE, task_specs.CWE_ANSWER_PREFIX,
+                 task_specs.FWE_TEMPLATE, task_specs.FWE_ANSWER_PREFIX]
     numbers = " ".join(f"{i:03d} {i:02d} {i}" for i in range(1000))
     corpus = [compose_essays(20000, seed=1), " ".join(common_words())] + [numbers] * 3 + templates * 50
     tok.train_from_iterator(corpus, trainer)
@@ -89,7 +88,6 @@ class Curriculum:
     where no loss is taken."""
 
     def __init__(self, tokenizer, seed: int) -> None:
-
         self.tok, self.rng = tokenizer, random.Random(seed)
         self.numbers = [t for t in (tokenizer.convert_tokens_to_ids(f"{i:03d}") for i in range(1000))
                         if t != tokenizer.unk_token_id]
@@ -114,14 +112,13 @@ class Curriculum:
             key = f"{rng.choice(self.adjectives)}-{rng.choice(self.nouns)}"
             value = str(rng.randint(10**6, 10**7 - 1))
             lines = [task_specs.NOISE] * rng.randint(0, 3)
-            lines.insert(rng.randint(0, len(lines)), task_specs.NIAH_NEEDLE.format(type_needle_v="numbers", key=key,
-                                                                          value=value))
+            needle = task_specs.NIAH_NEEDLE.format(type_needle_v="numbers", key=key, value=value)
+            lines.insert(rng.randint(0, len(lines)), needle)
             prompt = self.template.format(type_needle_v="number", context="\n".join(lines), query=key)
             rows.append(self._answer_row(prompt, " " + value))
         return rows
 
     def probes(self, size: int, length: int) -> list[tuple[list[int], list[int]]]:
-
         rows = []
         for _ in range(size):
             sample = generate_sample(self.rng.choice(LONG_TASKS), length, self.index, self.tok,
@@ -139,7 +136,6 @@ class Curriculum:
         return rows
 
     def _answer_row(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
-
         ids = self.tok(prompt)["input_ids"]
         tail = answer_token_ids(self.tok, ids, prompt, answer)
         return ids + tail, [-100] * len(ids) + tail
@@ -222,7 +218,6 @@ def train(out: Path, **options) -> dict:
 @torch.no_grad()
 def evaluate(model, tokenizer, samples: int = 20, lengths=(512, 1024)) -> dict:
     """Probe accuracy (fast scorer) on the evaluation's own samples (indices 0..samples-1, study seed 0)."""
-
     result = run_probes(model, tokenizer, tasks="niah_single_1", lengths=list(lengths), samples=samples,
                         scorer="fast", seed=0)
     return result.summary()

@@ -45,5 +45,6 @@ def test_trained_teacher_well_above_chance(trained):
 
 @pytest.mark.slow
 def test_all_gdn_student_scored_beside_it(trained):
+    # "Loses most of it": at most 3 of the 20 needles under either scorer (measured: 0 of 20 under both).
     for scorer in ("fast", "generate"):
-        assert 0.0 <= trained["student G,G", scorer] <= trained["teacher", scorer]
+        assert trained["student G,G", scorer] <= 0.15, (scorer, trained["student G,G", scorer])

@@ -146,8 +146,15 @@ def test_the_training_recipe_and_ruler_probes_plug_in(tmp_path):
         assert set(t.user_attrs["losses"]) == {"align", "distill"}
         stages = t.user_attrs["result"]["details"]["stages"]
         assert [s["kind"] for s in stages] == ["align", "distill"] and stages[-1]["kl_after"] == t.values[0]
-        assert t.user_attrs["probe_table"] == [{"task": "niah_single_1", "length": 1024, "samples": 1,
-                                                "accuracy": t.values[1]}]
+        (row,) = t.user_attrs["probe_table"]
+        assert {k: row[k] for k in ("task", "length", "samples", "accuracy")} == {
+            "task": "niah_single_1", "length": 1024, "samples": 1, "accuracy": t.values[1]}
+        # The fast scorer's continuous scores beside it: the answer's mean per-token log-likelihood (<= 0) and
+        # the fraction of its tokens that are the argmax.
+        metrics = t.user_attrs["metrics"]
+        assert row["logprob"] == metrics["probe_logprob"] == metrics["probe_logprob@1024"] <= 0
+        assert row["partial"] == metrics["probe_partial"] == metrics["probe_partial@1024"]
+        assert row["accuracy"] <= row["partial"]  # every answer token right is a whole right answer
 
 
 def test_changed_definition_and_second_driver_are_refused(tmp_path):
