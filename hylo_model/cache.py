@@ -26,9 +26,11 @@ device. The host-side count of tokens and the per-layer views catch up after the
 from __future__ import annotations
 
 import contextlib
+import types
 from typing import Iterable, Iterator
 
 import torch
+import torch.utils._pytree as pytree
 
 from .config import HyLoConfig
 
@@ -48,6 +50,8 @@ class HyLoCache:
 
     ``version`` counts replacements of the tensors a static step reads (:meth:`static_tensors`); writes in place
     leave it alone, so a captured graph is still valid while it is unchanged.
+
+    A registered pytree node (leaves: the tensors each layer holds), so ``torch.export`` can return one.
     """
 
     is_compileable = False
@@ -319,6 +323,15 @@ class HyLoCache:
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self.reorder_cache(indices)
 
+    def rewind(self) -> None:
+        """Forget every token but keep the preallocated buffers and the position tensor, so CUDA graphs captured on
+        this cache stay valid for a new sequence of the same batch size: the next prefill writes from slot 0, the
+        linear states start again from zero, and :meth:`prepare_static` zeroes the unwritten slots again."""
+        self.layers = [{} for _ in self.mixers]
+        self._seen_tokens = 0
+        self._zeroed = [set() for _ in self.mixers]
+        self._position_at = None
+
     def reset(self) -> None:
         self.layers = [{} for _ in self.mixers]
         self._buffers = [{} for _ in self.mixers]
@@ -326,6 +339,29 @@ class HyLoCache:
         self.version += 1
         self._zeroed = [set() for _ in self.mixers]
         self._position_at = None  # the position tensor itself is kept: graphs may have captured it
+
+
+def _flatten(cache: HyLoCache) -> tuple[list, tuple]:
+    return [cache.layers], (tuple(cache.mixers), cache.get_seq_length())
+
+
+def _flatten_with_keys(cache: HyLoCache) -> tuple[list, tuple]:
+    return [(pytree.GetAttrKey("layers"), cache.layers)], (tuple(cache.mixers), cache.get_seq_length())
+
+
+def _unflatten(children: list, context: tuple) -> HyLoCache:
+    mixers, seen_tokens = context
+    cache = HyLoCache(types.SimpleNamespace(layer_mixers=list(mixers)))
+    cache.layers = [dict(entry) for entry in children[0]]
+    cache._seen_tokens = seen_tokens
+    return cache
+
+
+# A pytree node, so that torch.export can return a cache (and torch.compile / torch.func see its tensors): the
+# leaves are the tensors each layer holds. Preallocated buffers and static-step state are not carried over: a cache
+# rebuilt from its leaves holds the same tokens and grows by concatenation.
+pytree.register_pytree_node(HyLoCache, _flatten, _unflatten, serialized_type_name="hylo_model.cache.HyLoCache",
+                            flatten_with_keys_fn=_flatten_with_keys)
 
 
 def layer_cache_bytes(

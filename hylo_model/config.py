@@ -44,7 +44,7 @@ class HyLoConfig(PretrainedConfig):
         intermediate_size: int = 6144,
         num_hidden_layers: int = 28,
         num_attention_heads: int = 16,
-        num_key_value_heads: int | None = 8,
+        num_key_value_heads: int | None = None,
         head_dim: int | None = None,
         hidden_act: str = "silu",
         max_position_embeddings: int = 40960,
@@ -186,6 +186,14 @@ class HyLoConfig(PretrainedConfig):
                 raise ValueError(f"HyLoConfig.{field}: {message}")
 
         layout = Layout.parse(self.hylo_layout, self.num_hidden_layers)
+        rope_type = self.rope_parameters.get("rope_type", "default")
+        # longrope picks its factor set per call by sequence length in transformers; HyLo's RoPE tables would fix
+        # one set when the model is built, silently unlike the teacher, so it is refused.
+        need(rope_type != "longrope", "rope_parameters.rope_type",
+             "'longrope' is not supported; allowed: default, linear, dynamic, yarn, llama3")
+        if rope_type == "dynamic":
+            need(float(self.rope_parameters.get("factor", 0)) >= 1, "rope_parameters.factor",
+                 f"dynamic RoPE needs a factor >= 1, got {self.rope_parameters.get('factor')}")
         need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
              f"{self.num_key_value_heads} must divide num_attention_heads={self.num_attention_heads}")
         if "mla" in layout.mixers:

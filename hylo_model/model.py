@@ -20,9 +20,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .cache import HyLoCache, cache_bytes
 from .config import HyLoConfig
+from .generation import GenerationGraphs
 from .layers import MIXER_CLASSES, GatedDeltaNet, Mamba2
+from .layers.common import AttentionMask, RMSNorm, RopeFrequencies, decay_init
 from .layers.mla import mla_rope_frequencies
-from .layers.common import AttentionMask, RMSNorm, RopeFrequencies, decay_init, rope_frequencies
+
+# The output field that holds the cache: transformers renamed `past_key_values` to `cache` within 5.x.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class MLP(nn.Module):
@@ -85,7 +89,7 @@ class HyLoModel(HyLoPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(HyLoDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rope = RopeFrequencies(*rope_frequencies(config))
+        self.rope = RopeFrequencies.of(config)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -102,7 +106,7 @@ class HyLoModel(HyLoPreTrainedModel):
     def refresh_rope(self) -> None:
         """Re-derive every RoPE table (attention's and each MLA layer's) from ``config.rope_parameters``, after a
         long-context stage changed them in place."""
-        self.rope = RopeFrequencies(*rope_frequencies(self.config))
+        self.rope = RopeFrequencies.of(self.config)
         for index, layer in enumerate(self.layers):
             if layer.mixer_type == "mla":
                 layer.mixer.rope = mla_rope_frequencies(self.config, index)
@@ -117,8 +121,20 @@ class HyLoModel(HyLoPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         past_key_values: HyLoCache | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
+        """``input_ids`` ``[B, T]`` (or ``inputs_embeds`` ``[B, T, hidden]``) -> ``last_hidden_state``
+        ``[B, T, hidden]``. ``attention_mask`` ``[B, past + T]`` (1 = real token); the cache goes in as ``cache=``
+        or ``past_key_values=`` (the name older 5.x releases' ``generate`` uses) and comes back in the
+        output field of the installed release's name (:data:`CACHE_FIELD`).
+
+        ``output_attentions`` returns the weights ``[B, H, T, past + T]`` of the attention and MLA layers, one entry
+        per such layer in layer order; Mamba2 and GDN layers have no attention matrix and add no entry (as
+        transformers' hybrids do). ``config._attn_implementation == "eager"`` computes attention the same
+        materialised way without returning it. ``return_dict=False`` returns the output's non-None fields as a
+        tuple."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         cache = cache if cache is not None else past_key_values
@@ -132,6 +148,8 @@ class HyLoModel(HyLoPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         seq_len = inputs_embeds.shape[1]
@@ -149,7 +167,10 @@ class HyLoModel(HyLoPreTrainedModel):
         if attention_mask is not None:
             if attention_mask.dim() != 2:
                 raise ValueError(f"attention_mask must be 2-D [batch, past + seq], got shape {tuple(attention_mask.shape)}")
-            if bool(attention_mask.all()):
+            # An all-ones mask masks nothing; dropping it lets CUDA's SDPA use its causal kernels rather than a
+            # materialised [T, S] mask. Reading the mask is a host sync and a data-dependent branch, so while
+            # torch.compile / torch.export trace the model the mask is applied as given instead.
+            if not torch.compiler.is_compiling() and bool(attention_mask.all()):
                 attention_mask = None
         if static:
             slots = torch.arange(cache.static_keys, device=inputs_embeds.device)
@@ -163,6 +184,9 @@ class HyLoModel(HyLoPreTrainedModel):
             "position_ids": position_ids,
             "attention_mask": mask,
             "cache": cache,
+            # Read by the attention and MLA mixers only (the linear ones take them in **_).
+            "eager": self.config._attn_implementation == "eager",
+            "attention_weights": [] if output_attentions else None,
         }
         all_hidden = [] if output_hidden_states else None
         for layer in self.layers:
@@ -174,9 +198,17 @@ class HyLoModel(HyLoPreTrainedModel):
             all_hidden.append(hidden_states)
         if cache is not None:
             cache.advance(seq_len)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, cache=cache, hidden_states=tuple(all_hidden) if all_hidden else None
+        weights = mixer_kwargs["attention_weights"]
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden) if all_hidden else None,
+            attentions=tuple(weights) if weights is not None else None, **{CACHE_FIELD: cache},
         )
+        return output if return_dict else output.to_tuple()
+
+
+# `generate(cache_implementation=...)`: None and "dynamic" give a growing HyLoCache; "static" goes to
+# `_prepare_static_generation_cache` (a preallocated HyLoCache for static-cache decoding). Anything else is refused.
+CACHE_IMPLEMENTATIONS = (None, "dynamic", "static")
 
 
 class HyLoForCausalLM(HyLoPreTrainedModel, GenerationMixin):
@@ -208,10 +240,13 @@ class HyLoForCausalLM(HyLoPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         output_hidden_states: bool | None = None,
         past_key_values: HyLoCache | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         """Standard causal-LM forward. ``logits_to_keep=k`` computes logits for the last k positions only
-        (1 for generation and long prefill); a 1-D tensor keeps those positions."""
+        (1 for generation and long prefill); a 1-D tensor keeps those positions. The other arguments are
+        :meth:`HyLoModel.forward`'s; further keywords go to the loss (``num_items_in_batch``)."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -220,6 +255,8 @@ class HyLoForCausalLM(HyLoPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
@@ -230,18 +267,80 @@ class HyLoForCausalLM(HyLoPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        output = CausalLMOutputWithPast(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+    def _validate_generation_mode(self, generation_mode, generation_config, *args: Any, **kwargs: Any):
+        """Refuse assisted and prompt-lookup decoding (and serving as another model's assistant) at the start of
+        ``generate``: they decode drafted tokens and roll the cache back past the rejected ones, and a Mamba2/GDN
+        state cannot be rolled back without keeping one state per drafted token, which :class:`HyLoCache` does
+        not (nor does it crop attention layers, so all-attention layouts are refused too)."""
+        if str(getattr(generation_mode, "value", generation_mode)) == "assisted_generation" or getattr(
+                generation_config, "is_assistant", False):
+            raise ValueError("HyLoForCausalLM.generate does not support assisted generation or prompt-lookup "
+                             "decoding (assistant_model / prompt_lookup_num_tokens): its cache cannot roll back "
+                             "rejected draft tokens; generate without them")
+        parent = getattr(super(), "_validate_generation_mode", None)
+        return parent(generation_mode, generation_config, *args, **kwargs) if parent is not None else None
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args: Any, **kwargs: Any):
         """generate() would build a transformers DynamicCache; a hybrid model needs its own."""
         key = "cache" if "cache" in inspect.signature(super().prepare_inputs_for_generation).parameters else (
             "past_key_values"
         )
+        implementation = generation_config.cache_implementation
+        if implementation not in CACHE_IMPLEMENTATIONS:
+            raise ValueError(f"HyLoForCausalLM: cache_implementation={implementation!r} is not supported; allowed: "
+                             f"{', '.join(map(repr, CACHE_IMPLEMENTATIONS))} (every one a HyLoCache)")
         if model_kwargs.get(key) is not None or generation_config.use_cache is False:
+            self._generation_graphs().adopt_cache(model_kwargs.get(key), generation_config, *args[:1],
+                                                  attention_mask=model_kwargs.get("attention_mask"))
+            return
+        if implementation == "static" or (
+                implementation is None and self._generation_graphs().static_by_default(generation_config, *args[:1])):
+            self._prepare_static_generation_cache(generation_config, model_kwargs, key, *args, **kwargs)
             return
         model_kwargs[key] = HyLoCache(self.config)
+
+    def _prepare_static_generation_cache(self, generation_config, model_kwargs: dict, key: str,
+                                         generation_mode: Any = None, batch_size: int = 1,
+                                         max_cache_length: int | None = None, *args: Any, **kwargs: Any) -> None:
+        """The hook for ``cache_implementation="static"`` (and, on CUDA, for greedy and sampling by default): put a
+        preallocated cache sized for the request in ``model_kwargs[key]`` (see :mod:`hylo_model.generation`)."""
+        if max_cache_length is None:
+            max_cache_length = generation_config.max_length - 1
+        model_kwargs[key] = self._generation_graphs().prepare_cache(
+            generation_config, generation_mode, batch_size, max_cache_length, model_kwargs.get("attention_mask"))
+
+    # -------------------------------------------------------------- decode steps of generate (CUDA graphs)
+    def generate(self, *args: Any, **kwargs: Any):
+        """transformers' ``generate``, whose decode steps replay a captured CUDA graph on a static cache by default
+        on CUDA (greedy and sampling, unpadded batches); ``disable_compile=True`` or
+        ``cache_implementation="dynamic"`` opt out, ``cache_implementation="static"`` opts in anywhere (eager
+        static steps off CUDA). Outputs equal the eager decode's; see :mod:`hylo_model.generation`."""
+        with self._generation_graphs().session():
+            return super().generate(*args, **kwargs)
+
+    def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config) -> bool:
+        return self._generation_graphs().uses_steps(model_kwargs)
+
+    def get_compiled_call(self, compile_config) -> Any:
+        """The decode step ``generate`` calls when :meth:`_valid_auto_compile_criteria` says so: HyLo's graph
+        step rather than ``torch.compile``."""
+        return self._generation_graphs().step
+
+    def _generation_graphs(self) -> GenerationGraphs:
+        graphs = self.__dict__.get("_graph_steps")
+        if graphs is None:
+            graphs = self.__dict__["_graph_steps"] = GenerationGraphs(self)
+        return graphs
+
+    def release_generation_graphs(self) -> None:
+        """Free the static cache and CUDA graphs that ``generate`` keeps for the next call."""
+        self._generation_graphs().release()
 
 
 __all__ = ["HyLoForCausalLM", "HyLoModel", "HyLoPreTrainedModel", "HyLoDecoderLayer"]

@@ -7,7 +7,8 @@ from torch import nn
 
 from ..cache import HyLoCache
 from ..config import HyLoConfig
-from .common import AttentionMask, RMSNorm, apply_rope, sdpa
+from .common import AttentionMask, RMSNorm, apply_rope, attention
+from .packed import PackedLinears
 
 
 class Attention(nn.Module):
@@ -26,6 +27,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self._qkv = PackedLinears([self.q_proj, self.k_proj, self.v_proj])  # one GEMM without gradients
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -39,13 +41,18 @@ class Attention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: AttentionMask,
         cache: HyLoCache | None = None,
+        eager: bool = False,
+        attention_weights: list[torch.Tensor] | None = None,
         **_: object,
     ) -> torch.Tensor:
-        """hidden_states ``[B, T, hidden]`` -> ``[B, T, hidden]``; cos/sin ``[B, T, head_dim]``."""
+        """hidden_states ``[B, T, hidden]`` -> ``[B, T, hidden]``; cos/sin ``[B, T, head_dim]``.
+        ``eager`` / ``attention_weights`` (weights ``[B, H, T, S]``): see
+        :func:`~hylo_model.layers.common.attention`."""
         bsz, seq_len, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(bsz, seq_len, self.num_heads, self.head_dim)
-        k = self.k_proj(hidden_states).view(bsz, seq_len, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(hidden_states).view(bsz, seq_len, self.num_kv_heads, self.head_dim)
+        q, k, v = self._qkv(hidden_states)
+        q = q.view(bsz, seq_len, self.num_heads, self.head_dim)
+        k = k.view(bsz, seq_len, self.num_kv_heads, self.head_dim)
+        v = v.view(bsz, seq_len, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -54,5 +61,5 @@ class Attention(nn.Module):
         if cache is not None:
             entry = cache.append(self.layer_idx, key=k, value=v)
             k, v = entry["key"], entry["value"]
-        out = sdpa(q, k, v, attention_mask, self.scale)
+        out = attention(q, k, v, attention_mask, self.scale, eager=eager, weights=attention_weights)
         return self.o_proj(out.transpose(1, 2).reshape(bsz, seq_len, -1))

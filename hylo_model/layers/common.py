@@ -75,22 +75,65 @@ def rope_frequencies(config, dim: int | None = None) -> tuple[torch.Tensor, floa
         return ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
 
 
+def dynamic_ntk_exponents(config, dim: int | None = None) -> torch.Tensor | None:
+    """For ``rope_type: "dynamic"`` (dynamic NTK scaling), the exponents ``e`` ``[dim/2]`` with which each inverse
+    frequency scales: ``inv_freq(L) = inv_freq * r ** -e``, ``r = factor * L / max_position_embeddings -
+    (factor - 1)`` for the longest position L of a call (at least ``max_position_embeddings``, where r = 1). This is
+    transformers' ``_compute_dynamic_ntk_parameters`` (base' = base * r ** (dim / (dim - 2))) written as a product,
+    so it needs no data-dependent branch. None for every other RoPE type."""
+    if config.rope_parameters.get("rope_type") != "dynamic":
+        return None
+    dim = dim or config.head_dim
+    return torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") / (dim - 2)  # not meta (from_pretrained)
+
+
 class RopeFrequencies:
     """Inverse frequencies kept in float32 whatever dtype the model is cast to (a registered buffer would be
-    rounded to bf16 by ``model.to(torch.bfloat16)``, shifting every rotary angle), copied once per device."""
+    rounded to bf16 by ``model.to(torch.bfloat16)``, shifting every rotary angle), copied once per device.
 
-    def __init__(self, inv_freq: torch.Tensor, scaling: float) -> None:
+    With dynamic NTK scaling (``ntk``: ``(factor, max_position_embeddings, exponents)``, see
+    :func:`dynamic_ntk_exponents`) each call scales the frequencies by its own longest position, as transformers'
+    dynamic RoPE does on a fresh model; unlike transformers' it keeps no state between calls (transformers keeps
+    the longest length seen until a call is shorter than ``max_position_embeddings``)."""
+
+    def __init__(self, inv_freq: torch.Tensor, scaling: float,
+                 ntk: tuple[float, int, torch.Tensor] | None = None) -> None:
         self.inv_freq = inv_freq.float().cpu()
         self.scaling = scaling
-        self._per_device: dict[torch.device, torch.Tensor] = {}
+        self.ntk = ntk
+        self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    @classmethod
+    def of(cls, config, dim: int | None = None, pairs: list[int] | None = None) -> RopeFrequencies:
+        """The frequencies of ``config.rope_parameters`` over ``dim`` dims (default head_dim), or only the rotary
+        pairs ``pairs`` of the head_dim grid."""
+        inv_freq, scaling = rope_frequencies(config, dim)
+        exponents = dynamic_ntk_exponents(config, dim)
+        if pairs is not None:
+            index = torch.tensor(pairs, device="cpu")
+            inv_freq = inv_freq[index]
+            exponents = exponents[index] if exponents is not None else None
+        ntk = None
+        if exponents is not None:
+            ntk = (float(config.rope_parameters["factor"]), int(config.max_position_embeddings), exponents)
+        return cls(inv_freq, scaling, ntk)
 
     def on(self, device: torch.device) -> torch.Tensor:
+        return self._on(device)[0]
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         if device not in self._per_device:
-            self._per_device[device] = self.inv_freq.to(device)
+            exponents = self.ntk[2].to(device) if self.ntk is not None else None
+            self._per_device[device] = (self.inv_freq.to(device), exponents)
         return self._per_device[device]
 
     def cos_sin(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_cos_sin(self.on(position_ids.device), self.scaling, position_ids, dtype)
+        inv_freq, exponents = self._on(position_ids.device)
+        if exponents is not None:
+            factor, max_positions, _ = self.ntk
+            length = (position_ids.max() + 1).clamp(min=max_positions).float()
+            inv_freq = inv_freq * (factor * length / max_positions - (factor - 1)).pow(-exponents)
+        return rope_cos_sin(inv_freq, self.scaling, position_ids, dtype)
 
 
 def rope_cos_sin(
@@ -159,6 +202,12 @@ class AttentionMask:
                              f"got {q_len} queries and {kv_len} keys")
         return self.valid_keys
 
+    def allowed(self, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+        """``[B or 1, 1, q_len, kv_len]`` bool, which keys each query sees (for :func:`eager_attention`)."""
+        if self.valid_keys is not None:
+            return self.slots(q_len, kv_len)[None, None, None, :]
+        return causal_mask(self.keys(kv_len), kv_len - q_len, kv_len, 0, kv_len, device)[:, None]
+
     def keys(self, kv_len: int) -> torch.Tensor | None:
         """``[B, kv_len]`` padding of the keys (1 = real token), or None when nothing is padded."""
         return None if self.padding is None else self.padding[:, -kv_len:]
@@ -199,6 +248,8 @@ def sdpa(
         valid = mask.slots(q_len, kv_len)
         q = q.reshape(bsz, kv_heads, groups, q.shape[-1])
         return attend_slots(q, k, v, valid, scale).reshape(bsz, heads, q_len, v.shape[-1])
+    if q.is_cuda:
+        q, k, v = _row_aligned(q), _row_aligned(k), _row_aligned(v)
     attn_mask = mask.for_sdpa(q_len, kv_len, q.device)
     explicit = attn_mask is not None and not isinstance(attn_mask, CausalBias)
     fold = groups > 1 and (q_len == 1 and kv_len > 1 or explicit)
@@ -213,6 +264,48 @@ def sdpa(
             attn_mask = attn_mask.repeat(1, 1, groups, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     return out.reshape(bsz, heads, q_len, v.shape[-1])
+
+
+def _row_aligned(x: torch.Tensor) -> torch.Tensor:
+    """``x``, copied when its rows are not 16-byte aligned. CUDA's memory-efficient SDPA kernel checks the head
+    dim but not the strides, and a view whose rows are misaligned (MLA's values split out of ``kv_b_proj``'s
+    output with head dims that are not multiples of 8, as in tiny test models) stopped it with "misaligned
+    address" (torch 2.11, H100). Real head dims (64, 128) are aligned and never copied."""
+    size = x.element_size()
+    if (x.storage_offset() * size) % 16 or any((stride * size) % 16 for stride in x.stride()[:-1]):
+        return x.contiguous()
+    return x
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor | tuple[torch.Tensor, ...], v: torch.Tensor, mask: AttentionMask, scale: float,
+    *, eager: bool = False, weights: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """What attention and MLA layers call: :func:`sdpa`, or :func:`eager_attention` when the model runs with
+    ``attn_implementation="eager"`` or returns attention weights (appended to ``weights``). Shapes as
+    :func:`sdpa`."""
+    if not eager and weights is None:
+        return sdpa(q, k, v, mask, scale)
+    out, probs = eager_attention(q, k, v, mask, scale)
+    if weights is not None:
+        weights.append(probs)
+    return out
+
+
+def eager_attention(
+    q: torch.Tensor, k: torch.Tensor | tuple[torch.Tensor, ...], v: torch.Tensor, mask: AttentionMask, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' eager attention: the whole score matrix, softmax in float32 rounded to ``q.dtype``.
+    q ``[B, H, T, Dqk]``; k ``[B, Hk, S, Dqk]`` (or a tuple of parts); v ``[B, Hk, S, Dv]``.
+    Returns the output ``[B, H, T, Dv]`` and the weights ``[B, H, T, S]``."""
+    if isinstance(k, tuple):
+        k = torch.cat(k, dim=-1)
+    groups = q.shape[1] // v.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask.allowed(q.shape[2], k.shape[2], q.device), float("-inf"))
+    probs = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v), probs
 
 
 def attend_slots(

@@ -23,7 +23,8 @@ from torch import nn
 
 from ..cache import HyLoCache
 from ..config import HyLoConfig
-from .common import AttentionMask, RMSNorm, RopeFrequencies, apply_rope, attends_in_blocks, rope_frequencies, sdpa
+from .common import AttentionMask, RMSNorm, RopeFrequencies, apply_rope, attends_in_blocks, attention
+from .packed import PackedLinears
 
 # A cached step with at most this many new tokens attends over the latent directly (absorbed weights).
 ABSORB_MAX_TOKENS = 16
@@ -34,9 +35,8 @@ def mla_rope_frequencies(config: HyLoConfig, layer_idx: int) -> RopeFrequencies:
     grid over ``qk_rope_head_dim`` dims (DeepSeek)."""
     pairs = config.layer_rope_pairs(layer_idx)
     if pairs is None:
-        return RopeFrequencies(*rope_frequencies(config, config.qk_rope_head_dim))
-    full, scaling = rope_frequencies(config)
-    return RopeFrequencies(full[torch.tensor(pairs, device="cpu")], scaling)
+        return RopeFrequencies.of(config, config.qk_rope_head_dim)
+    return RopeFrequencies.of(config, pairs=pairs)
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -73,16 +73,17 @@ class MultiHeadLatentAttention(nn.Module):
             self.q_norm = self.k_norm = None
 
         self.rope = mla_rope_frequencies(config, layer_idx)
+        # The query projection (or its down-projection) and kv_a read the same input: one GEMM without gradients.
+        self._inputs = PackedLinears([self.q_proj if self.q_lora_rank is None else self.q_a_proj,
+                                      self.kv_a_proj_with_mqa])
 
-    def _queries(self, x: torch.Tensor) -> torch.Tensor:
-        if self.q_lora_rank is None:
-            q = self.q_proj(x)
-        else:
-            q = self.q_a_proj(x)
+    def _queries(self, q: torch.Tensor) -> torch.Tensor:
+        """The output of ``q_proj`` (or ``q_a_proj``) ``[B, T, *]`` -> queries ``[B, T, H, qk_dim]``."""
+        if self.q_lora_rank is not None:
             if self.q_a_layernorm is not None:
                 q = self.q_a_layernorm(q)
             q = self.q_b_proj(q)
-        q = q.view(*x.shape[:2], self.num_heads, self.qk_dim)
+        q = q.view(*q.shape[:2], self.num_heads, self.qk_dim)
         return self.q_norm(q) if self.q_norm is not None else q
 
     def forward(
@@ -93,17 +94,21 @@ class MultiHeadLatentAttention(nn.Module):
         attention_mask: AttentionMask,
         cache: HyLoCache | None = None,
         absorb: bool | None = None,
+        eager: bool = False,
+        attention_weights: list[torch.Tensor] | None = None,
         **_: object,
     ) -> torch.Tensor:
         """hidden_states ``[B, T, hidden]`` -> ``[B, T, hidden]``; position_ids ``[B|1, T]``.
+        ``eager`` / ``attention_weights``: see :func:`~hylo_model.layers.common.attention` (the weights are
+        ``[B, H, T, S]`` in either form).
         ``absorb`` forces (or forbids) the absorbed-weight form; by default a cached step uses it when it is
         short, when the latent is small enough that it costs no more than re-expanding the cache, or when
         attention runs key-blocked (memory independent of the cache length)."""
         bsz, seq_len, _ = hidden_states.shape
-        q = self._queries(hidden_states)
+        q, kv_a = self._inputs(hidden_states)
+        q = self._queries(q)
         q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
 
-        kv_a = self.kv_a_proj_with_mqa(hidden_states)
         latent, k_pe = kv_a.split([self.kv_lora_rank, self.rope_heads * self.rope_dim], dim=-1)
         if self.kv_a_layernorm is not None:
             latent = self.kv_a_layernorm(latent)
@@ -131,10 +136,11 @@ class MultiHeadLatentAttention(nn.Module):
                                    or attends_in_blocks(q_pe, latent.shape[1]))
 
         q_nope = q_nope.transpose(1, 2)
+        how = {"eager": eager, "weights": attention_weights}
         if absorb:
-            out = self._attend_absorbed(q_nope, q_pe, latent, k_pe, latent_pe, attention_mask)
+            out = self._attend_absorbed(q_nope, q_pe, latent, k_pe, latent_pe, attention_mask, **how)
         else:
-            out = self._attend_expanded(q_nope, q_pe, latent, k_pe, attention_mask)
+            out = self._attend_expanded(q_nope, q_pe, latent, k_pe, attention_mask, **how)
         return self.o_proj(out.transpose(1, 2).reshape(bsz, seq_len, self.num_heads * self.v_dim))
 
     def _absorbed_is_cheaper(self) -> bool:
@@ -142,7 +148,7 @@ class MultiHeadLatentAttention(nn.Module):
         (and it re-expands every cached token): with small latents (upcycled ranks) absorbed wins at any length."""
         return 2 * self.kv_lora_rank + self.rope_dim <= self.qk_dim + self.v_dim
 
-    def _attend_expanded(self, q_nope, q_pe, latent, k_pe, mask: AttentionMask) -> torch.Tensor:
+    def _attend_expanded(self, q_nope, q_pe, latent, k_pe, mask: AttentionMask, **how) -> torch.Tensor:
         """Per-head keys/values from the latent, then SDPA. q_nope ``[B, H, T, dn]``, q_pe ``[B, H, T, dr]``,
         latent ``[B, S, r]``, k_pe ``[B, R, S, dr]`` -> ``[B, H, T, dv]``."""
         bsz, kv_len = latent.shape[:2]
@@ -151,9 +157,9 @@ class MultiHeadLatentAttention(nn.Module):
         k_pe = k_pe.repeat_interleave(self.num_heads // self.rope_heads, dim=1)
         q = torch.cat([q_nope, q_pe], dim=-1)
         k = torch.cat([k_nope, k_pe], dim=-1)
-        return sdpa(q, k, v, mask, self.scale)
+        return attention(q, k, v, mask, self.scale, **how)
 
-    def _attend_absorbed(self, q_nope, q_pe, latent, k_pe, latent_pe, mask: AttentionMask) -> torch.Tensor:
+    def _attend_absorbed(self, q_nope, q_pe, latent, k_pe, latent_pe, mask: AttentionMask, **how) -> torch.Tensor:
         """Attention straight over the cached latent: score = (W_UK^T q_nope)·c + q_pe·k_pe, output =
         W_UV (Σ p c) + b_v. The key bias of kv_b_proj only shifts every score of a query by the same amount,
         so softmax removes it exactly; the value bias passes through because the weights sum to one.
@@ -166,10 +172,10 @@ class MultiHeadLatentAttention(nn.Module):
         q_latent = torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk)
         q = torch.cat([q_latent, q_pe], dim=-1)
         if latent_pe is not None:
-            context = sdpa(q, latent_pe, latent_pe, mask, self.scale)[..., :rank]
+            context = attention(q, latent_pe, latent_pe, mask, self.scale, **how)[..., :rank]
         else:
             latent = latent.unsqueeze(1).expand(bsz, self.rope_heads, kv_len, rank)
-            context = sdpa(q, (latent, k_pe), latent, mask, self.scale)
+            context = attention(q, (latent, k_pe), latent, mask, self.scale, **how)
         out = torch.einsum("bhtr,hvr->bhtv", context, w_uv)
         if self.kv_b_proj.bias is not None:
             v_bias = self.kv_b_proj.bias.view(self.num_heads, self.nope_dim + self.v_dim)[:, self.nope_dim :]

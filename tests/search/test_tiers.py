@@ -120,8 +120,10 @@ def test_the_audit_reports_rank_correlations_on_eight_layouts(tiered):
     print(out.stdout)
     audit = json.loads((folder / "run" / "audit.json").read_text())
     assert len(audit["layouts"]) == 8
-    assert audit["promoted_with"] == {"kind": "recipe", "recipe": "proxy_tiny", "tokens": 1536,
-                                      "options": {"data": None}}
+    from hylo_model.train import load_recipe
+
+    assert audit["promoted_with"] == {"kind": "recipe", "recipe": "proxy_tiny",
+                                      "tokens": 2 * load_recipe("proxy_tiny").total_tokens(), "options": {"data": None}}
     assert audit["audit_seed"] == 0 + 7919  # a seed the search never used
     assert "A,A,A,A" not in [row["layout"] for row in audit["layouts"]]  # the teacher is no evidence
     objectives = {row["objective"]: row for row in audit["correlations"]}
