@@ -45,6 +45,7 @@ class BuiltinTeacher:
     seed: int = 0
     description: str = ""
     directory: Path | None = None
+    not_built: str = ""  # the one line shown when a shipped directory has its config but not yet its weights
 
 
 def _tiny_qwen3(layers: int, hidden: int = 64, heads: int = 4, kv_heads: int = 2, max_positions: int = 2048,
@@ -81,6 +82,10 @@ BUILTIN_TEACHERS: dict[str, BuiltinTeacher] = {
                            description="the embedded trained tiny Llama (python -m hylo_search.tiny_teacher)"),
     "tiny-random": BuiltinTeacher(_tiny_qwen3(layers=4, max_positions=1024), build_random_teacher,
                                   description="random 4-layer Qwen3 (d 64) for tests"),
+    "small": BuiltinTeacher(directory=Path(__file__).parents[1] / "assets" / "small_teacher",
+                            description="10-layer Llama trained on Python code (python -m hylo_search.small_teacher)",
+                            not_built="builtin:small is not built yet: run python -m hylo_search.small_teacher on "
+                                      "a GPU"),
 }
 
 
@@ -156,7 +161,7 @@ def builtin_spec(teacher: str) -> BuiltinTeacher:
     name = teacher[len(BUILTIN_PREFIX):]
     if name not in BUILTIN_TEACHERS:
         raise UsageError(f"unknown built-in teacher {teacher!r}; allowed: "
-                         f"{', '.join(BUILTIN_PREFIX + n for n in sorted(BUILTIN_TEACHERS))}")
+                         f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN_TEACHERS)}")  # registration order
     return BUILTIN_TEACHERS[name]
 
 
@@ -212,9 +217,12 @@ def check_teacher_weights(teacher: str) -> None:
     weights. Only the headers are read. Hub ids pass (their weights are fetched when trials run), as do built-ins
     that are built from a seed."""
     if is_builtin(teacher):
-        directory = builtin_spec(teacher).directory
+        spec = builtin_spec(teacher)
+        directory = spec.directory
         if directory is None:
             return
+        if spec.not_built and not (directory / "model.safetensors").exists():
+            raise UsageError(spec.not_built)
     else:
         directory = Path(teacher).expanduser()
         if not os.path.isdir(directory):
@@ -256,6 +264,8 @@ def teacher_directory(teacher: str, cache_dir: Path | None = None) -> Path:
             raise RuntimeError(str(error)) from None
     spec = builtin_spec(teacher)
     if spec.directory is not None:
+        if spec.not_built and not (spec.directory / "model.safetensors").exists():
+            raise RuntimeError(spec.not_built)
         if not (spec.directory / "config.json").is_file():
             raise RuntimeError(f"built-in teacher {teacher!r}: {spec.directory} holds no config.json (an install "
                                "without the package data?); rebuild it with `python -m hylo_search.tiny_teacher`")
