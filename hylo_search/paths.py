@@ -9,7 +9,7 @@ holds::
     trials.parquet    one row per trial, rewritten atomically after every finished trial
     library.json      the block library's sensitivity table (``hylo-search library``)
     audit.json        the fidelity audit (``hylo-search audit``)
-    .driver.lock      held (flock) by the running driver
+    .driver.lock      held (flock) by the running driver; a file storage also gets <file>.driver.lock beside it
     cache/            built-in teachers, converted layers (cache/layers), the block library (cache/library)
     exports/          layout files written by ``hylo-search export``
 

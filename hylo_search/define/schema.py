@@ -188,8 +188,9 @@ class ExecutorConfig(Definition):
 
 
 class StorageConfig(Definition):
-    """``url`` None = ``sqlite:///<out>/study.db``; also ``postgresql://...``, ``mysql://...``,
-    ``journal:PATH`` (Optuna's journal file). Heartbeats fail trials of a dead driver on server storages."""
+    """``url`` None = ``sqlite:///<out>/study.db``; also ``postgresql+psycopg://...``, ``mysql://...``,
+    ``journal:PATH`` (Optuna's journal file). Heartbeats fail a dead driver's trials on MySQL (elsewhere the study
+    lock does: :mod:`hylo_search.search.storage`)."""
 
     url: str | None = None
     heartbeat_interval: int = Field(60, ge=1)

@@ -80,7 +80,7 @@ def resolve_proxy_kind(config: ProxyConfig, source: Any = "", field: str = "prox
         raise UsageError(f"{source}: field '{field}.kind': unknown proxy {kind!r}; allowed: auto, "
                          f"{', '.join(PROXIES)}, or package.module:Class")
     if ":" in kind:
-        _plugin(kind, source)
+        _plugin(kind, f"{source}: field '{field}.kind'")
     problem = recipe_problem(config) if kind == "recipe" or (kind == "assembled" and config.recipe) else None
     return kind, (f"{source}: field '{field}.recipe': {problem}" if problem else None)
 
@@ -95,7 +95,7 @@ def resolve_probe_kind(config: ProbeConfig, source: Any = "") -> tuple[str, str 
         raise UsageError(f"{source}: field 'probes.kind': unknown probes {kind!r}; allowed: auto, "
                          f"{', '.join(PROBES)}, or package.module:Class")
     if ":" in kind:
-        _plugin(kind, source)
+        _plugin(kind, f"{source}: field 'probes.kind'")
     elif kind != "none" and not config.lengths:
         raise UsageError(f"{source}: field 'probes.lengths': probes {kind!r} need at least one length")
     if kind == "ruler":

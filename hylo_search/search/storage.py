@@ -47,8 +47,8 @@ def check_storage_url(url: str) -> None:
     try:
         make_url(url).get_dialect()  # knows the scheme without importing its driver or connecting
     except ArgumentError:
-        raise UsageError(f"storage {url!r} is not a database URL; allowed: sqlite:///PATH, postgresql://..., "
-                         "mysql://..., journal:PATH") from None
+        raise UsageError(f"storage {url!r} is not a database URL; allowed: sqlite:///PATH, "
+                         "postgresql+psycopg://USER@HOST/DB, mysql://..., journal:PATH") from None
 
 
 def is_file_storage(url: str) -> bool:
@@ -97,7 +97,7 @@ def make_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
     try:
         return RDBStorage(url, **kwargs)
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as error:
+    except (ImportError, ValueError, ArgumentError, optuna.exceptions.StorageInternalError) as error:
         raise UsageError(f"storage {shown(url)!r}: {type(error).__name__}: {error}{_driver_hint(url, error)}") \
             from None
 
@@ -127,8 +127,11 @@ def find_study_folder(name_or_dir: str) -> Path:
     """A study folder from a study name (under the output root) or a folder path."""
     root = paths.output_root()
     for folder in (Path(name_or_dir), root / name_or_dir):
-        if (folder / paths.MANIFEST).is_file():
-            return folder
+        try:
+            if (folder / paths.MANIFEST).is_file():
+                return folder
+        except OSError:  # a name the file system cannot hold (too long): not a folder
+            continue
     known = ", ".join(p.parent.name for p in sorted(root.glob(f"*/{paths.MANIFEST}"))) or "none"
     raise UsageError(f"no study {name_or_dir!r} under {root}/ (nor a study folder at that path); found: {known}")
 
@@ -157,6 +160,7 @@ def open_study_folder(name_or_dir: str, storage: str | None = None) -> StudyFold
     folder = find_study_folder(name_or_dir)
     manifest = Manifest.read(folder)
     url = storage or manifest.storage
+    check_storage_url(url)
     try:
         study = optuna.load_study(study_name=manifest.name, storage=make_storage(url))
     except KeyError:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+
 @torch.no_grad()
 def heldout_perplexity(model: Any, ids: torch.Tensor, batch_size: int = 4) -> dict[str, float]:
     """``exp`` of the mean next-token cross-entropy over every token of ``ids`` (int [rows, T]) but the first of a
