@@ -97,12 +97,9 @@ def test_the_table_matches_the_storage_after_a_signal(tmp_path, sig):
     deadline, seen = time.monotonic() + 240, None
     while time.monotonic() < deadline:  # until two trials are complete and a third has been running for a while
         time.sleep(0.4)
-        if not (out / "study.db").is_file():
+        if not (out / "trials.parquet").is_file():  # written once the driver has created the storage
             continue
-        try:
-            trials = optuna.load_study(study_name="t4", storage=f"sqlite:///{out / 'study.db'}").get_trials()
-        except (KeyError, RuntimeError, optuna.exceptions.StorageInternalError):
-            continue
+        trials = optuna.load_study(study_name="t4", storage=f"sqlite:///{out / 'study.db'}").get_trials()
         running = [s.number for s in trials if s.state == TrialState.RUNNING]
         if sum(s.state == TrialState.COMPLETE for s in trials) >= 2 and running and running[0] == seen:
             break  # the same trial running on two looks: a trial in flight (SlowProxy sleeps 4 s), not an ask

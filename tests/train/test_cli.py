@@ -79,7 +79,7 @@ def test_bad_inputs_exit_2_and_write_nothing(case, teacher_dir, tmp_path, capsys
     expected = {
         "layout": r"--layout: layout 'A,L16,M' has 3 layers but the model has 4",
         "teacher": r"--teacher .*missing-teacher: .*no such directory",
-        "data": r"data\.sources\[0\]\.path: '.*nowhere\.txt' does not exist",
+        "data": r"--data .*nowhere\.txt: '.*nowhere\.txt' does not exist",
         "batch": r"field 'stages\[1\]': micro_batch_size 3 must divide batch_size 4",
         "rope": r"field 'stages\[1\]\.rope': rope parameters .* are not usable",
     }[case]
