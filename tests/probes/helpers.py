@@ -65,19 +65,3 @@ class OracleLM(torch.nn.Module):
                 if t >= steps - keep:
                     logits[row, t - (steps - keep), self._next(cache.rows[row])] = 20.0
         return SimpleNamespace(logits=logits)
-
-
-def train_recall_teacher(tokenizer, induction_steps: int = 650, recall_steps: int = 250, seed: int = 0):
-    """A 2-layer Llama (d=128) trained from scratch on CPU in about a minute: the embedded teacher's curriculum
-    (:func:`hylo_search.tiny_teacher.train_model`) without its long stage —
-
-    1. copying: random runs of number tokens repeated once, loss on the repeat (grows an induction circuit);
-    2. key–value recall: niah_single_1-style prompts with a short noise haystack, loss on the answer only, mixed
-       with copying batches so the circuit is kept while the model learns where the answer goes.
-    """
-    from hylo_search.tiny_teacher import build_tokenizer, train_model
-
-    assert tokenizer.get_vocab() == build_tokenizer().get_vocab(), "the curriculum is in the tiny teacher's tokenizer"
-    model, _, _ = train_model(seed=seed, copy_steps=induction_steps, recall_steps=recall_steps, long_steps=0,
-                              layers=2, log=None)
-    return model

@@ -1,5 +1,10 @@
-"""A tiny transformer trained here (about a minute on 2 CPU cores) on key–value recall text scores well above
-chance on niah_single_1 at short length under both scorers; its all-GDN upcycled student is scored beside it.
+"""A trained tiny transformer — the shipped teacher (builtin:tiny, trained here on copying, key–value recall and
+needle probes) — scores well above chance on niah_single_1 at short length under both scorers; its all-GDN upcycled
+student is scored beside it.
+
+(This test used to train its own teacher for a minute. Under transformers 5.25 the same training code, unchanged,
+reaches only 25 % (generate) / 5 % (fast) where 5.24 passed 50 %: the release changed the training numerics, so a
+one-minute training run is no stable fixture. The shipped teacher's weights are.)
 
 Chance is about 1e-7 (a 7-digit number has to come out exactly). The student is expected to lose most of it: GDN
 layers initialised from attention weights, without distillation, do not keep an induction circuit."""
@@ -11,17 +16,20 @@ import time
 import pytest
 
 import hylo_model
+from hylo_search.define.teachers import teacher_directory
 from hylo_search.probes import generate_samples, score_samples
-from tests.probes.helpers import probe_tokenizer, train_recall_teacher
+from tests.probes.helpers import probe_tokenizer
 
 LENGTH, SAMPLES = 320, 20  # a 320-token probe: about 190 prompt tokens + RULER's 128 new tokens
 
 
 @pytest.fixture(scope="module")
 def trained():
+    from transformers import AutoModelForCausalLM
+
     tok = probe_tokenizer()
     start = time.perf_counter()
-    teacher = train_recall_teacher(tok)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_directory("builtin:tiny", None), dtype="float32").eval()
     seconds = time.perf_counter() - start
     student = hylo_model.upcycle(teacher, "G,G").float().eval()
     samples = generate_samples("niah_single_1", LENGTH, SAMPLES, tok, seed=11)  # unseen keys and values
@@ -30,7 +38,7 @@ def trained():
         for scorer in ("fast", "generate"):
             records = score_samples(model, tok, samples, scorer, batch_size=10)
             scores[name, scorer] = sum(r["score"] for r in records) / len(records)
-    print(f"\ntrained in {seconds:.0f} s; niah_single_1 at {LENGTH} tokens, {SAMPLES} samples: "
+    print(f"\nloaded in {seconds:.1f} s; niah_single_1 at {LENGTH} tokens, {SAMPLES} samples: "
           + ", ".join(f"{name} {scorer} {100 * v:.0f}%" for (name, scorer), v in scores.items()))
     return scores
 
