@@ -280,6 +280,12 @@ class Driver:
                      tier=self.loaded.proxy_kind, promoted_from=parent.number)
         if "baseline" in parent.user_attrs:
             attrs["baseline"] = parent.user_attrs["baseline"]
+        self._add_rescored(parent, attrs, values, failure, "promoted_from")
+
+    def _add_rescored(self, parent: FrozenTrial, attrs: dict[str, Any], values: list[float] | None,
+                      failure: str | None, key: str) -> None:
+        """Store a layout's rescoring (second tier, replicates) as a finished trial of its own with its parent's
+        parameters and constraints, then report it. ``key``: the user attr naming the parent."""
         frozen = optuna.trial.create_trial(
             state=TrialState.FAIL if failure else TrialState.COMPLETE, values=None if failure else values,
             params=parent.params, distributions=parent.distributions, user_attrs=attrs,
@@ -287,7 +293,7 @@ class Driver:
         self.study.add_trial(frozen)
         # The stored trial (numbered by the storage), found by its parent: another driver may share the storage.
         self._reported(next(t for t in reversed(self.study.get_trials(deepcopy=False))
-                            if t.user_attrs.get("promoted_from") == parent.number))
+                            if t.user_attrs.get(key) == parent.number))
 
     def _replicate(self) -> None:
         """Submit the finalists' seeded runs (the study's proxy, the finalists' probe samples), as capacity allows."""
@@ -313,13 +319,7 @@ class Driver:
         parent = finalist.parent
         attrs, values, failure = replicates.replicated_trial(finalist, self.loaded.metrics,
                                                              self.replicate_config.probe_samples)
-        frozen = optuna.trial.create_trial(
-            state=TrialState.FAIL if failure else TrialState.COMPLETE, values=None if failure else values,
-            params=parent.params, distributions=parent.distributions, user_attrs=attrs,
-            constraints=dict(parent.constraints))
-        self.study.add_trial(frozen)
-        self._reported(next(t for t in reversed(self.study.get_trials(deepcopy=False))
-                            if t.user_attrs.get("replicate_of") == parent.number))
+        self._add_rescored(parent, attrs, values, failure, "replicate_of")
 
     def _finish(self, trial: optuna.Trial, values: list[float] | None = None, state: TrialState | None = None) -> None:
         try:
