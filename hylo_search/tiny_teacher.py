@@ -223,15 +223,21 @@ def evaluate(model, tokenizer, samples: int = 20, lengths=(512, 1024)) -> dict:
     return result.summary()
 
 
-def save(model, tokenizer, out: Path, report: dict) -> None:
-    """Write config, safetensors, tokenizer and training.json into ``out`` atomically (temp folder + rename)."""
+def save(model, tokenizer, out: Path, report: dict, extra: dict[str, Path] | None = None) -> None:
+    """Write config, safetensors, tokenizer, training.json (and ``extra`` files, by name) into ``out`` atomically:
+    a temporary folder beside it, then one rename over the previous build (the builders of ``builtin:tiny`` and
+    ``builtin:small`` both write their teacher this way)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         tmp.chmod(0o755)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        for name, source in (extra or {}).items():
+            shutil.copyfile(source, tmp / name)
         (tmp / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+        for file in tmp.iterdir():
+            file.chmod(0o644)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             os.replace(out, old)

@@ -48,7 +48,7 @@ def run_all(executor: Any, tasks: Iterable[Any], poll: float = 5.0) -> Iterator[
 
 def worker_threads(loaded: Any, name: str) -> int | None:
     """Torch threads of a worker: as many as the CPUs a trial reserves (``executor.resources.num_cpus``), for Ray
-    workers and local runs alike; None (torch's default) when the study reserves none. On a loaded machine the
-    default oversubscribes: 6 tiny trials took 24 s with 1 thread and 140 s with 2 on 2 cores (benchmarks)."""
+    workers and local runs alike; None (torch's default) when the study reserves none. Torch's default takes every
+    core, which oversubscribes a machine where other trials or jobs run."""
     cpus = loaded.definition.executor.resources.num_cpus
     return max(1, int(cpus)) if cpus else None

@@ -161,9 +161,9 @@ def correlations(cheap: list[float | None], long: list[float | None], seed: int 
         out["undefined"] = (f"ties: {distinct[0]} distinct cheap and {distinct[1]} distinct promoted values on "
                             f"{len(pairs)} layouts (a ranking needs {MIN_DISTINCT} on each side)")
         return out
-    rho, tau = _rank_correlations(x, y)
-    out.update(spearman=rho, kendall=tau, spearman_p=float(spearmanr(x, y).pvalue),
-               kendall_p=float(kendalltau(x, y).pvalue))
+    rho, tau = spearmanr(x, y), kendalltau(x, y)
+    out.update(spearman=float(rho.statistic), kendall=float(tau.statistic), spearman_p=float(rho.pvalue),
+               kendall_p=float(tau.pvalue))
     rng = np.random.default_rng(seed)
     rhos, taus, skipped = [], [], 0
     for _ in range(bootstrap):

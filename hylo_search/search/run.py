@@ -106,27 +106,15 @@ def run_study(loaded: LoadedStudy, options: Options, reporter: Callable[[str, di
     if loaded.problems:
         raise UsageError(loaded.problems[0])
     folder = options.folder
-    storage_lock = storages.DriverLock.for_storage(options.storage, loaded.name)
-    # A storage another driver holds is refused before this study's folder is created (a file storage's lock sits
-    # beside its file, which may be another study's folder).
-    lock_file = getattr(storage_lock, "path", None)  # a file storage's lock; a server's has none
-    early = lock_file is not None and lock_file.parent.is_dir()
-    if early:
-        storage_lock.acquire()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except BaseException:
-        if early:
-            storage_lock.release()
-        raise
-    locks = [lock for lock in (storages.DriverLock(folder), storage_lock) if lock]
+    # The storage's lock first: a storage another driver holds is refused before this study's folder is created.
+    locks = [lock for lock in (storages.DriverLock.for_storage(options.storage, loaded.name),
+                               storages.DriverLock(folder)) if lock]
     executor = None
     heartbeat: Heartbeat | None = None
     study = None
     try:
         for lock in locks:
-            if not (early and lock is storage_lock):
-                lock.acquire()
+            lock.acquire()
         study = _open_study(loaded, options)
         _write_folder(loaded, options)
         _recover(study, loaded, options)

@@ -189,6 +189,7 @@ class DriverLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # the study folder, for its own lock
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -219,7 +220,11 @@ class DriverLock:
     @staticmethod
     def is_held(folder: Path) -> bool:
         """Whether a live driver holds the folder's lock (used by ``list`` to show "running")."""
-        path = folder / paths.DRIVER_LOCK
+        return DriverLock.file_is_held(folder / paths.DRIVER_LOCK)
+
+    @staticmethod
+    def file_is_held(path: Path) -> bool:
+        """Whether a live process holds the flock on the lock file ``path``."""
         if not path.exists():
             return False
         fd = os.open(path, os.O_RDONLY)

@@ -5,15 +5,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..tiny_teacher import save
 
 
 @torch.no_grad()
@@ -62,22 +60,7 @@ def corpus_record(manifest: dict) -> dict[str, Any]:
 
 
 def ship(out: Path, work: Path, result: dict, report: dict) -> None:
-    """Write the shipped folder into ``out`` atomically (temporary folder, then rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
-        model = result["model"].cpu().to(torch.bfloat16)
-        model.save_pretrained(tmp, safe_serialization=True)
-        result["tokenizer"].save_pretrained(tmp)
-        shutil.copyfile(work / "heldout.safetensors", tmp / "heldout.safetensors")
-        (tmp / "training.json").write_text(json.dumps(report, indent=1) + "\n")
-        for file in tmp.iterdir():
-            file.chmod(0o644)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            os.replace(out, old)
-            shutil.rmtree(old)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Write the shipped folder into ``out`` atomically: bf16 weights, tokenizer, training.json and the tokenized
+    held-out split (:func:`hylo_search.tiny_teacher.save`)."""
+    save(result["model"].cpu().to(torch.bfloat16), result["tokenizer"], out, report,
+         extra={"heldout.safetensors": work / "heldout.safetensors"})

@@ -5,12 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 
 import optuna
 import pytest
@@ -22,7 +16,8 @@ from hylo_search.define.layout_files import read_layout
 from hylo_search.errors import UsageError
 from hylo_search.results.trial import export_layout
 
-from .helpers import brute_force_front, cli_env, hylo, write_study
+from .helpers import brute_force_front, hylo, write_study
+from .resume import NAME, kill_9_mid_trial_then_resume
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -149,53 +144,6 @@ def test_dry_run_describes_and_writes_nothing(tmp_path):
     assert not runs.exists()
 
 
-def _states(db) -> tuple[int, list[int]]:
-    """(completed trials, numbers of running trials), read without writing."""
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as connection:
-            rows = connection.execute("SELECT number, state FROM trials").fetchall()
-    except sqlite3.OperationalError:  # the driver is still creating the schema
-        return 0, []
-    return sum(state == "COMPLETE" for _, state in rows), [n for n, state in rows if state == "RUNNING"]
-
-
 def test_kill_9_then_rerun_keeps_completed_trials_and_reaches_the_count(tmp_path):
-    write_study(tmp_path, name="slow", proxy={"kind": "tests.search.plugins:SlowProxy", "options": {"sleep": 0.8}})
-    runs = tmp_path / "runs"
-    args = ["study", "slow.yaml", "--trials", "6"]
-    driver = subprocess.Popen([sys.executable, "-m", "hylo_search.cli", *args], cwd=tmp_path, env=cli_env(runs),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = runs / "slow" / "study.db"
-    deadline = time.time() + 180
-    states = (0, [])
-    try:
-        while time.time() < deadline:
-            states = _states(db) if db.is_file() else (0, [])
-            # Two trials done and one that has been running for a while (inside the 0.8 s proxy): kill now.
-            if states[0] >= 2 and len(states[1]) == 1:
-                time.sleep(0.4)
-                if _states(db)[1] == states[1]:
-                    break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"the driver never reached two completed trials: {states}")
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    study = optuna.load_study(study_name="slow", storage=f"sqlite:///{db}")
-    before = {t.number: (t.user_attrs["layout"], t.values) for t in study.trials if t.state == TrialState.COMPLETE}
-    (orphan,) = [t.number for t in study.trials if t.state == TrialState.RUNNING]
-    rerun = hylo(args, tmp_path, runs)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "resuming with" in rerun.stdout and "slow: reached 6 trials" in rerun.stdout
-    trials = optuna.load_study(study_name="slow", storage=f"sqlite:///{db}").trials
-    for number, (layout, values) in before.items():
-        assert trials[number].state == TrialState.COMPLETE
-        assert (trials[number].user_attrs["layout"], trials[number].values) == (layout, values)
-    assert trials[orphan].state == TrialState.FAIL and "hylo:interrupted" in trials[orphan].system_attrs
-    assert [t.state for t in trials if t.system_attrs.get("failed_trial") == orphan] == [TrialState.COMPLETE]
-    complete = [t.user_attrs["layout"] for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 6 == len(set(complete))
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # The shared kill -9 test (also run on the journal and PostgreSQL storages), here on the study folder's SQLite.
+    kill_9_mid_trial_then_resume(tmp_path, f"sqlite:///{tmp_path / 'runs' / NAME / 'study.db'}")

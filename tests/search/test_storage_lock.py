@@ -4,10 +4,8 @@ line naming the running driver and the lock), and the first driver's work is lef
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
-import os
 import subprocess
 import sys
 import time
@@ -36,19 +34,6 @@ class WaitProxy(UpcycleKL):
         return super().__call__(ctx)
 
 
-def _held(lock: Path) -> bool:
-    if not lock.exists():
-        return False
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def _digests(folder: Path) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -67,7 +52,7 @@ def test_two_folders_sharing_one_sqlite_file_cannot_both_drive(tmp_path, capsys)
         while not waiting.exists() and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert waiting.exists(), driver.stderr.read() if driver.poll() is not None else "no trial started"
-        assert _held(lock)  # the first driver is mid-trial, holding the storage's lock
+        assert DriverLock.file_is_held(lock)  # the first driver is mid-trial, holding the storage's lock
         before = _digests(first)
         with contextlib.redirect_stdout(io.StringIO()):
             code = main(["study", str(study), "--out", str(second), "--storage", f"sqlite:///{first / 'study.db'}"])
