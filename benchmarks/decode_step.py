@@ -36,6 +36,27 @@ def kernels_per_step(step, steps: int = 3) -> tuple[float, float]:
     return len(events) / steps, busy / steps
 
 
+def top_kernels(step, steps: int = 3, top: int = 8) -> list[tuple[str, int, float]]:
+    """The ``top`` device events by summed time, per step: (name, calls per step, ms per step). Kernels launched
+    by a CUDA graph replay are recorded one by one too (CUPTI reports them), so a replay can be compared with the
+    same step run eagerly."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    totals: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            entry = totals.setdefault(e.name[:90], [0, 0.0])
+            entry[0] += 1
+            entry[1] += e.device_time / 1e3
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]
+    return [(name, round(n / steps), round(ms / steps, 3)) for name, (n, ms) in ranked]
+
+
 def median_step_ms(step, steps: int) -> float:
     times = []
     for _ in range(steps):
@@ -56,6 +77,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--label", default="")
+    parser.add_argument("--top-kernels", type=int, default=0,
+                        help="also list this many kernels by time, for the static step run eagerly and replayed")
     parser.add_argument("--prefill-backend", default="auto", choices=["auto", "torch"],
                         help="'torch' prefills on the PyTorch path: no Triton autotuning before the timed steps "
                              "(the steps themselves always take the default path)")
@@ -85,6 +108,10 @@ def main() -> None:
     row["graph_ms"] = median_step_ms(lambda: graphs.step(token), args.steps)
     row["eager_tok_s"] = 1e3 / row["eager_ms"]
     row["graph_tok_s"] = 1e3 / row["graph_ms"]
+    if args.top_kernels:
+        row["replay_kernels_per_step"], row["replay_kernel_ms_per_step"] = kernels_per_step(lambda: graphs.step(token))
+        row["static_top"] = top_kernels(lambda: static.step(token), top=args.top_kernels)
+        row["replay_top"] = top_kernels(lambda: graphs.step(token), top=args.top_kernels)
     print(json.dumps(row), flush=True)
 
 

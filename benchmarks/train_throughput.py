@@ -93,7 +93,16 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.device(device):
         teacher = Qwen3ForCausalLM(Qwen3Config(**shape)).to(torch.bfloat16 if cuda else torch.float32).eval()
-    kernels = ", ".join(m for m in ("fla.ops", "mamba_ssm") if has_module(m)) or "none (torch fallback)"
+    kernels = ", ".join(m for m in ("fla.ops", "mamba_ssm", "tilelang") if has_module(m)) or "none (torch fallback)"
+    if cuda:
+        import triton
+
+        from hylo_model.ops.backend import fla_gated_backward_broken
+
+        refused = fla_gated_backward_broken(device)
+        print(f"triton {triton.__version__}; fla's gated chunk backward "
+              f"{'refused here (fla #640): GDN/Mamba2 train on the PyTorch path' if refused else 'runs here'}",
+              flush=True)
     rows = []
     for seq in args.seq:
         docs = torch.randint(0, shape["vocab_size"], (2 * args.steps * batch + 24, seq),
@@ -114,6 +123,10 @@ def main() -> None:
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
+            if accelerator.is_main_process:
+                # One line per step as it ends, so a run cut off by a time limit still reports what it measured.
+                print(f"seq {seq} step {len(times)}/{args.steps}: {times[-1] - start:.1f} s since the stage began",
+                      flush=True)
 
         if cuda:
             torch.cuda.empty_cache()
