@@ -17,6 +17,10 @@ When static steps are used:
   the ordinary eager forward on the same cache. A CUDA graph that fails to capture is logged and the call goes on
   with eager static steps.
 
+The prefill always runs the ordinary forward on the request's cache, in one piece or, with transformers'
+``prefill_chunk_size``, in chunks (what keeps a long batched prompt's activations within memory); the decode that
+follows is the same either way.
+
 Between calls the last internal static cache and its graphs are kept on the model (``release()`` frees them), so a
 second request of the same batch size reuses the captured steps instead of capturing again, as transformers keeps its
 compiled step. A cache the caller passes in, or one ``return_dict_in_generate`` hands back, is never reused.
@@ -157,8 +161,11 @@ class GenerationGraphs:
                           f"{str(error)[:200]}); decoding with eager static steps")
                 call.decoder.use_graphs = False
                 return CausalLMOutputWithPast(logits=call.decoder.step(input_ids), **{_CACHE_FIELD: cache})
-        if call is not None and call.decoder is not None:
-            self._log("a step with more than one token, embeddings, a mask or per-step outputs ran eagerly")
+        # More than one token is a prefill chunk (``prefill_chunk_size``): the prefill always runs the ordinary
+        # forward, so only a one-token step that could not be served is worth a log line.
+        prefill_chunk = input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1] > 1
+        if call is not None and call.decoder is not None and not prefill_chunk:
+            self._log("a decode step with embeddings, a mask or per-step outputs ran eagerly")
         return self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                           output_hidden_states=output_hidden_states, output_attentions=output_attentions, **kwargs)
 

@@ -132,6 +132,28 @@ def test_steps_that_cannot_be_static_fall_back_with_one_log_line(static_steps, c
     assert "padded" in messages[0] and "beam_search" in messages[1] and "disable_compile" in messages[2]
 
 
+@pytest.mark.parametrize("implementation", [None, "static"], ids=["dynamic", "static"])
+@torch.no_grad()
+def test_chunked_prefill_equals_one_prefill(implementation, static_steps, caplog):
+    """transformers' ``prefill_chunk_size`` (what keeps a long batched prompt's prefill within memory) feeds the
+    prompt in chunks through the model on the request's cache, then decodes as usual: the same tokens and, within
+    float32 rounding, the same scores as one prefill, with the static steps still serving the decode and no log
+    line (a prefill chunk is not a decode step that fell back)."""
+    model = tiny_model(MIXED_LAYOUT)
+    prompt = _prompt(2, 45)
+    scored = {"return_dict_in_generate": True, "output_logits": True, "cache_implementation": implementation}
+    whole = _generate(model, prompt, **scored)
+    steps_whole = len(static_steps)
+    with caplog.at_level(logging.INFO, logger="hylo_model.generation"):
+        chunked = _generate(model, prompt, prefill_chunk_size=16, **scored)  # 16 + 16 + 13 tokens
+    assert len(static_steps) - steps_whole == steps_whole == (NEW_TOKENS - 1 if implementation else 0)
+    assert not [r for r in caplog.records if r.name == "hylo_model.generation"]
+    assert torch.equal(chunked.sequences, whole.sequences)
+    whole_logits, chunked_logits = torch.stack(whole.logits), torch.stack(chunked.logits)
+    assert whole_logits.abs().max() > 0.1
+    assert (chunked_logits - whole_logits).abs().max() < LOGITS_ATOL
+
+
 def test_packed_projections_keep_names_and_follow_updates():
     """The fused GEMM reads the parameters' own memory: same names and values, in-place updates seen, a replaced
     parameter repacked; gradients still reach each parameter."""
