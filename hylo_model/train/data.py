@@ -2,9 +2,11 @@
 
 Pipeline: each source yields documents in a fixed order (files sorted; Parquet read one record batch at a time,
 JSONL through pyarrow's streaming JSON reader, text line by line, ``datasets`` streamed), so a corpus bigger than
-RAM works. A document is held out for evaluation when a hash of (seed, source, document index) falls below
-``eval_fraction`` — the same documents in every epoch and every stage. Several sources are interleaved document by
-document, source *k* drawn with probability ∝ weight from a hash of (seed, k), so no RNG state needs saving.
+RAM works. A document is held out for evaluation when a hash of (split seed, source, document index) falls below
+``eval_fraction`` — the same documents in every epoch and every stage. The split seed is the seed unless given apart
+(``Recipe.split_seed``): runs that differ only in the seed then train in another order and are scored on the same
+held-out documents. Several sources are interleaved document by document, source *k* drawn with probability ∝
+weight from a hash of (seed — the split seed for the held-out documents —, k), so no RNG state needs saving.
 Documents are tokenized one at a time (BOS + text + EOS) and packed into rows of ``seq_len`` tokens.
 
 Shuffling is by blocks: rows are produced until a block holds at least ``shuffle_block`` rows (whole documents),
@@ -211,13 +213,15 @@ class DocumentStream:
 
     ``loop`` restarts an exhausted source (a new epoch of it); without it the stream ends when every source is
     exhausted. ``state_dict()`` is small and JSON-friendly: per-source document positions and epochs, and the
-    number of documents drawn."""
+    number of documents drawn. ``split_seed`` (None: ``seed``) fixes which documents are held out and the order
+    of the eval split; ``seed`` the order of the train split."""
 
     def __init__(self, data: DataConfig, resolve: Callable[[str], Path], seed: int, split: str, loop: bool,
-                 where: str = "data") -> None:
+                 where: str = "data", split_seed: int | None = None) -> None:
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         self.data, self.seed, self.split, self.loop = data, seed, split, loop
+        self.split_seed = seed if split_seed is None else split_seed
         self.where = [f"{where}.sources[{i}]" for i in range(len(data.sources))]
         self.files = [source_files(s, resolve, w) if s.path is not None else None
                       for s, w in zip(data.sources, self.where)]
@@ -238,12 +242,13 @@ class DocumentStream:
         self._done = set()
 
     def _held_out(self, source: int, index: int) -> bool:
-        return unit_hash(self.seed, "held-out", source, index) < self.data.eval_fraction
+        return unit_hash(self.split_seed, "held-out", source, index) < self.data.eval_fraction
 
     def _pick(self) -> int:
         if len(self.positions) == 1:
             return 0
-        u = unit_hash(self.seed, "mix", self.split, self.drawn)
+        # The held-out documents come in the split's order: runs that share a split seed score the same first rows.
+        u = unit_hash(self.split_seed if self.split == "eval" else self.seed, "mix", self.split, self.drawn)
         live = [i for i in range(len(self.positions)) if i not in self._done]
         weights = [self.data.sources[i].weight for i in live]
         u *= sum(weights)

@@ -72,8 +72,9 @@ class DataConfig(_Strict):
     ``packing: concat`` joins documents (each followed by EOS) into rows of ``seq_len`` tokens — no HyLo mixer takes
     per-document boundaries inside a row yet, so a row may span documents. ``packing: pad`` starts every document on
     a new row (long documents are cut), right-pads, and leaves the pads out of every loss: no token sees another
-    document. ``eval_fraction`` of the documents (chosen by a hash of the seed and the document's index) is held
-    out of training for evaluation. ``shuffle_block`` rows are permuted together (deterministic given the seed)."""
+    document. ``eval_fraction`` of the documents (chosen by a hash of the recipe's ``split_seed`` and the
+    document's index) is held out of training for evaluation. ``shuffle_block`` rows are permuted together
+    (deterministic given the seed)."""
 
     sources: list[SourceConfig] = Field(min_length=1)
     packing: Literal["concat", "pad"] = "concat"
@@ -258,12 +259,15 @@ STAGE_CLASSES = {"align": AlignStage, "distill": DistillStage, "long": LongStage
 
 
 class Recipe(_Strict):
-    """A whole training recipe. ``data`` is the default for every stage without its own. ``seed`` fixes the
-    held-out split, the data order and the student's random init."""
+    """A whole training recipe. ``data`` is the default for every stage without its own. ``seed`` fixes the data
+    order and the student's random init; ``split_seed`` fixes which documents are held out for evaluation (None:
+    ``seed``). Runs that differ only in ``seed`` under one ``split_seed`` train on the same documents in another
+    order and are scored on the same held-out documents (a search's replicates)."""
 
     name: str | None = None
     description: str | None = None
     seed: int = 0
+    split_seed: int | None = None
     data: DataConfig | None = None
     student: StudentConfig = StudentConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -361,14 +365,19 @@ class Recipe(_Strict):
         raw["student"] = {**raw.get("student", {}), **options}
         return self._copy_with(raw)
 
-    def with_seed(self, seed: int) -> Recipe:
+    def with_seed(self, seed: int, split_seed: int | None = None) -> Recipe:
+        """A copy with ``seed`` replaced, and ``split_seed`` when given (else the recipe's is kept)."""
         raw = self.model_dump(exclude_none=True)
         raw["seed"] = int(seed)
+        if split_seed is not None:
+            raw["split_seed"] = int(split_seed)
         return self._copy_with(raw)
 
     def fingerprint(self) -> str:
         """sha256 of the recipe with data paths made absolute: a rerun with the same fingerprint resumes."""
         raw = self.model_dump(mode="json")
+        if raw["split_seed"] is None:  # the default split (the seed's) keeps the fingerprint runs were written with
+            del raw["split_seed"]
         for data in [raw.get("data")] + [s.get("data") for s in raw["stages"]]:
             for source in (data or {}).get("sources", []):
                 if source.get("path") and not source["path"].startswith(MEMORY_PREFIX):

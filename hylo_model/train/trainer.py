@@ -238,7 +238,8 @@ class _Trainer:
                                 "pass tokenizer= (or --tokenizer), or use pre-tokenized data (tokens_field)")
             prefix = "data" if stage.data is None else f"stages[{index}].data"
             self.tokenize[index] = Tokenize(self.tokenizer, data.add_bos)
-            docs = DocumentStream(data, recipe.resolve_path, recipe.seed, "eval", loop=False, where=prefix)
+            docs = DocumentStream(data, recipe.resolve_path, recipe.seed, "eval", loop=False, where=prefix,
+                                  split_seed=recipe.split_seed)
             rows = eval_rows(docs, self.tokenize[index], stage.seq_len, recipe.eval.sequences)
             if int(rows.input_ids.max()) >= vocab:
                 raise DataError(f"{prefix}: token id {int(rows.input_ids.max())} >= the model's vocab_size {vocab}: "
@@ -246,7 +247,8 @@ class _Trainer:
             self.eval_sets[index] = rows
             key = data.model_dump_json()
             if key not in checked:
-                next(DocumentStream(data, recipe.resolve_path, recipe.seed, "train", loop=True, where=prefix))
+                next(DocumentStream(data, recipe.resolve_path, recipe.seed, "train", loop=True, where=prefix,
+                                    split_seed=recipe.split_seed))
                 checked.add(key)
 
     # The run.
@@ -442,7 +444,7 @@ class _Trainer:
         stage = self.recipe.stages[index]
         where = "data" if stage.data is None else f"stages[{index}].data"
         docs = DocumentStream(self.recipe.stage_data(index), self.recipe.resolve_path, self.recipe.seed, "train",
-                              loop=True, where=where)
+                              loop=True, where=where, split_seed=self.recipe.split_seed)
         if stage.data is None and doc_state is not None:
             docs.load_state_dict(doc_state)
         return PackedStream(docs, self.tokenize[index], stage.seq_len, seed=self.recipe.seed * 1000 + index)

@@ -50,10 +50,14 @@ class RecipeProxy(Plugin):
 def train_recipe(ctx: TrialContext, student: Any, recipe: Any, tokens: int | None,
                  options: dict[str, Any] | None = None) -> Any:
     """``run_recipe`` on ``student`` in place with the study's data (``options`` may say ``data: null`` for the
-    recipe's own data, as promotion trains), rescaled to ``tokens``, writing nothing."""
+    recipe's own data, as promotion trains), rescaled to ``tokens``, writing nothing. The trial's seed sets the
+    data order; the held-out split is the study's (its seed, unless the recipe pins a ``split_seed``), so every
+    trial and every replicate of a study is scored on the same held-out documents."""
+    recipe = load_recipe(recipe)
+    recipe = recipe.with_seed(ctx.seed, split_seed=ctx.runtime.definition.seed if recipe.split_seed is None else None)
     kwargs = {"data": recipe_data(ctx.runtime, tokens), **(options or {})}
     return run_recipe(ctx.runtime.teacher, student, recipe, None, tokenizer=ctx.runtime.tokenizer, progress="off",
-                      tokens=tokens, seed=ctx.seed, **kwargs)
+                      tokens=tokens, **kwargs)
 
 
 def recipe_data(runtime: Any, tokens: int | None) -> Any:

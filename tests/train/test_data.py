@@ -116,6 +116,20 @@ def test_held_out_split_does_not_depend_on_the_stage_or_epoch(corpus_files):
     assert set(_docs(data, "eval", seed=1)) != held  # the seed chooses the split
 
 
+def test_split_seed_keeps_the_held_out_documents_and_the_seed_changes_the_order(corpus_files):
+    """A search's replicates: seeds 0 and 1 under one split seed hold out the same documents, read in the same order
+    (eval rows are the first held-out ones), and train on the same others interleaved in another order (two
+    sources); the default split seed is the seed."""
+    data = DataConfig(sources=[{"path": str(corpus_files / "c.txt")}, {"path": str(corpus_files / "c.jsonl")}],
+                      eval_fraction=0.2)
+    streams = [DocumentStream(data, Path, seed, "eval", loop=False, split_seed=7) for seed in (0, 1)]
+    held = [list(s) for s in streams]
+    assert held[0] == held[1] == list(DocumentStream(data, Path, 7, "eval", loop=False))
+    assert held[0] != list(DocumentStream(data, Path, 0, "eval", loop=False))
+    train = [list(DocumentStream(data, Path, seed, "train", loop=False, split_seed=7)) for seed in (0, 1)]
+    assert sorted(train[0]) == sorted(train[1]) and train[0] != train[1]
+
+
 def _stream(data, tokenizer, seed=0, seq_len=24):
     docs = DocumentStream(data, Path, 0, "train", loop=True)
     return PackedStream(docs, Tokenize(tokenizer, True), seq_len, seed)

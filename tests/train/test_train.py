@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hylo_model import upcycle
-from hylo_model.train import NonFiniteLossError, RunMismatchError, run_recipe
+from hylo_model.train import NonFiniteLossError, RunMismatchError, load_recipe, run_recipe
 from hylo_model.train.stages import DistillObjective, next_token_labels, parameter_groups
 from hylo_model.train.trainer import enable_checkpointing
 from tests.helpers import tiny_model, tiny_teacher
@@ -185,6 +185,26 @@ def test_proxy_call_in_memory_is_deterministic_and_writes_nothing(tmp_path, monk
     assert a.losses == b.losses and a.heldout_kl == b.heldout_kl
     assert a.heldout_kl < a.stages[0].eval_before["kl"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_split_seed_keeps_the_held_out_set_while_the_seed_changes_the_order(tmp_path, monkeypatch):
+    """A search's replicates: seeds 3 and 4 under split seed 3 score the same held-out rows (the same student gets
+    the same KL before training) and train in another order (other losses); without a split seed the held-out
+    set moves with the seed, and split seed == seed is the default."""
+    monkeypatch.chdir(tmp_path)
+    teacher = tiny_teacher("qwen3")
+    docs = torch.randint(3, 97, (60, 40), generator=torch.Generator().manual_seed(0))
+    recipe = load_recipe("proxy_tiny")
+
+    def run(seed, split_seed):
+        student = upcycle(teacher, "A,L16,G,M", qk_rope_head_dim=8)
+        return run_recipe(teacher, student, recipe.with_seed(seed, split_seed), data=docs, tokens=1500,
+                          progress="off")
+
+    a, b, c, default = run(3, 3), run(4, 3), run(4, None), run(3, None)
+    assert a.stages[0].eval_before == b.stages[0].eval_before != c.stages[0].eval_before
+    assert a.losses != b.losses
+    assert default.losses == a.losses and default.heldout_kl == a.heldout_kl
 
 
 def test_block_target_hidden_loss_and_padded_packing(tokenizer):
