@@ -18,7 +18,7 @@ from typing import NoReturn
 from .errors import UsageError
 
 # The order `hylo-search --help` lists the main workflow in; other command modules follow alphabetically.
-COMMANDS = ["study", "library", "sensitivity", "audit", "pareto", "show", "export", "promote", "train", "upcycle",
+COMMANDS = ["study", "library", "sensitivity", "audit", "compare", "pareto", "show", "export", "promote", "train", "upcycle",
             "probe", "eval", "list"]
 
 

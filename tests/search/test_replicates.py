@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import math
 import statistics
+from types import SimpleNamespace
 
 import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from hylo_search.cli import main
+from hylo_search.results.compare import compare_runs
 from hylo_search.results.front import format_front, front_report
+from hylo_search.scoring import proxy_kinds
+from hylo_search.scoring.api import TrialContext
 from hylo_search.search.replicates import TIER, summarise, within_noise
 from hylo_search.search.run import options_for, run_study
 from hylo_search.search.storage import open_study_folder
@@ -107,3 +112,32 @@ def test_within_noise_marks_only_members_a_noisy_rival_could_dominate():
     directions = ["minimize", "minimize"]
     assert within_noise(member, [close, far, exact], ["a", "b"], directions) == [1]
     assert summarise([1.0, 2.0, 3.0]) == {"mean": 2.0, "se": pytest.approx(1 / math.sqrt(3)), "values": [1, 2, 3]}
+
+
+def test_a_replicate_varies_the_order_not_the_held_out_split(monkeypatch):
+    """The recipe proxy trains with the trial's seed (data order; seed s, s+1, ... for replicates) and holds out
+    the study's documents (its seed), unless the recipe pins a split seed of its own."""
+    seen = []
+    monkeypatch.setattr(proxy_kinds, "recipe_data", lambda runtime, tokens: "documents")
+    monkeypatch.setattr(proxy_kinds, "run_recipe", lambda teacher, student, recipe, out, **kw: seen.append(recipe))
+    runtime = SimpleNamespace(teacher=None, tokenizer=None, definition=SimpleNamespace(seed=1000))
+    for seed in (1000, 1001, 1002):
+        proxy_kinds.train_recipe(TrialContext(runtime, ["A"], seed, -1), None, "proxy_tiny", None)
+    assert [(r.seed, r.split_seed) for r in seen] == [(1000, 1000), (1001, 1000), (1002, 1000)]
+    pinned = proxy_kinds.load_recipe("proxy_tiny").model_copy(update={"split_seed": 9})
+    proxy_kinds.train_recipe(TrialContext(runtime, ["A"], 1001, -1), None, pinned, None)
+    assert (seen[-1].seed, seen[-1].split_seed) == (1001, 9)
+
+
+def test_compare_two_runs_of_a_study(replicated, capsys):
+    """``hylo-search compare``: a run against itself agrees perfectly (Spearman 1 on every
+    objective, the same front: Jaccard 1) over all its replicated layouts."""
+    loaded, _, handle, folder = replicated
+    result = compare_runs(handle, handle)
+    layouts = sorted(t.user_attrs["layout"] for t in handle.study.get_trials() if t.user_attrs.get("tier") == TIER)
+    assert result["common_layouts"] == layouts and result["jaccard"] == 1.0
+    assert result["fronts"][0] == sorted(t.user_attrs["layout"] for t in pareto_front(handle.study))
+    assert result["spearman"]["proxy_kl"]["spearman"] == pytest.approx(1.0)
+    assert result["firm_jaccard"] == 1.0 and set(result["firm_fronts"][0]) <= set(result["fronts"][0])
+    assert main(["compare", str(folder / "run"), str(folder / "run")]) == 0
+    assert "Jaccard 1.000" in capsys.readouterr().out
