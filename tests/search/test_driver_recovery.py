@@ -89,21 +89,21 @@ def test_a_retried_layout_counts_as_evaluated(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_the_table_matches_the_storage_after_a_signal(tmp_path, sig):
-    path = write_study(tmp_path, trials=6, proxy={"kind": "tests.search.plugins:SlowProxy", "options": {"sleep": 4}})
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # The proxy marks each call as it starts, then sleeps 4 s: the signal lands inside the third trial's proxy, after
+    # two completed ones (polling the storage for a RUNNING trial raced with the driver on a loaded machine).
+    path = write_study(tmp_path, trials=6, proxy={"kind": "tests.search.ray_plugins:MarkedSlowProxy",
+                                                  "options": {"sleep": 4, "marks": str(marks)}})
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "hylo_search.cli", "study", str(path), "--out", str(out)],
                                cwd=tmp_path, env=cli_env(tmp_path / "runs"), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    deadline, seen = time.monotonic() + 240, None
-    while time.monotonic() < deadline:  # until two trials are complete and a third has been running for a while
-        time.sleep(0.4)
-        if not (out / "trials.parquet").is_file():  # written once the driver has created the storage
-            continue
-        trials = optuna.load_study(study_name="t4", storage=f"sqlite:///{out / 'study.db'}").get_trials()
-        running = [s.number for s in trials if s.state == TrialState.RUNNING]
-        if sum(s.state == TrialState.COMPLETE for s in trials) >= 2 and running and running[0] == seen:
-            break  # the same trial running on two looks: a trial in flight (SlowProxy sleeps 4 s), not an ask
-        seen = running[0] if running else None
+    deadline = time.monotonic() + 240
+    while len(list(marks.iterdir())) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the third call's 4 s sleep
+    assert process.poll() is None, f"the driver ended before a third trial started: {process.communicate()[1][-2000:]}"
     process.send_signal(sig)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]

@@ -25,7 +25,9 @@ def demo(tmp_path_factory):
     """The shipped study, run for its baselines only (they are enqueued first)."""
     folder = tmp_path_factory.mktemp("demo")
     runs = folder / "runs"
-    out = hylo(["study", "tiny", "--trials", str(BASELINE_TRIALS)], folder, runs)
+    # 12 trials, then 12 finalists over 3 seeds (this whole file: 4 min 13 s alone on the project's 2-core
+    # machine). The limit only guards against a hang; it must not fail a slower or shared CI machine.
+    out = hylo(["study", "tiny", "--trials", str(BASELINE_TRIALS)], folder, runs, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     table = pd.read_parquet(runs / "tiny" / "trials.parquet")
     print("\n" + table[["number", "layout", "baseline", "tier", "proxy_kl", "probe_accuracy", "probe_logprob",
