@@ -96,17 +96,22 @@ def test_the_table_matches_the_storage_after_a_signal(tmp_path, sig):
     path = write_study(tmp_path, trials=6, proxy={"kind": "tests.search.ray_plugins:MarkedSlowProxy",
                                                   "options": {"sleep": 4, "marks": str(marks)}})
     out = tmp_path / "run"
+    # The driver starts with Ctrl-C's default disposition, as a foreground job in a terminal does: a test run launched
+    # in the background (`pytest … &`) has SIGINT ignored, and a child would inherit that and never see the signal.
     process = subprocess.Popen([sys.executable, "-m", "hylo_search.cli", "study", str(path), "--out", str(out)],
                                cwd=tmp_path, env=cli_env(tmp_path / "runs"), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while len(list(marks.iterdir())) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(1.0)  # inside the third call's 4 s sleep
     assert process.poll() is None, f"the driver ended before a third trial started: {process.communicate()[1][-2000:]}"
+    masks = {line.split(":")[0]: line.split()[1] for line in open(f"/proc/{process.pid}/status")
+             if line.startswith(("SigBlk", "SigIgn"))}  # shown if the signal goes unseen
     process.send_signal(sig)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err[-2000:]
+    assert process.returncode == 130, f"driver's signal masks {masks}: {err[-2000:]}"
     study = open_study_folder(str(out)).study
     trials = study.get_trials(deepcopy=False)
     assert not [t for t in trials if t.state == TrialState.RUNNING]  # the trial in flight was failed and retried
