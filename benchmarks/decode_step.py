@@ -22,8 +22,11 @@ import hylo_model
 import hylo_model.ops.backend
 
 
-def kernels_per_step(step, steps: int = 3) -> tuple[float, float]:
-    """(device events per step, their summed device time in ms per step) over ``steps`` calls of ``step``."""
+def profile_step(step, steps: int = 3, top: int = 0) -> tuple[float, float, list[tuple[str, int, float]]]:
+    """One torch profile of ``steps`` calls of ``step``: device events per step, their summed device time in ms per
+    step, and the ``top`` events by time as (name, calls per step, ms per step). Kernels launched by a CUDA graph
+    replay are recorded one by one too (CUPTI reports them), so a replay can be compared with the same step run
+    eagerly."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -32,29 +35,15 @@ def kernels_per_step(step, steps: int = 3) -> tuple[float, float]:
             step()
         torch.cuda.synchronize()
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    busy = sum(e.device_time for e in events) / 1e3
-    return len(events) / steps, busy / steps
-
-
-def top_kernels(step, steps: int = 3, top: int = 8) -> list[tuple[str, int, float]]:
-    """The ``top`` device events by summed time, per step: (name, calls per step, ms per step). Kernels launched
-    by a CUDA graph replay are recorded one by one too (CUPTI reports them), so a replay can be compared with the
-    same step run eagerly."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
     totals: dict[str, list[float]] = {}
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            entry = totals.setdefault(e.name[:90], [0, 0.0])
-            entry[0] += 1
-            entry[1] += e.device_time / 1e3
+    for e in events:
+        entry = totals.setdefault(e.name[:90], [0, 0.0])
+        entry[0] += 1
+        entry[1] += e.device_time / 1e3
     ranked = sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]
-    return [(name, round(n / steps), round(ms / steps, 3)) for name, (n, ms) in ranked]
+    busy = sum(ms for _, ms in totals.values())
+    return (len(events) / steps, busy / steps,
+            [(name, round(n / steps), round(ms / steps, 3)) for name, (n, ms) in ranked])
 
 
 def median_step_ms(step, steps: int) -> float:
@@ -98,20 +87,21 @@ def main() -> None:
     eager()  # warm-up: autotuning, cuBLAS handles
     row = {"label": args.label, "version_file": hylo_model.__file__, "context": context, "batch": args.batch,
            "card": torch.cuda.get_device_name()}
-    row["eager_kernels_per_step"], row["eager_kernel_ms_per_step"] = kernels_per_step(eager)
+    row["eager_kernels_per_step"], row["eager_kernel_ms_per_step"], _ = profile_step(eager)
     row["eager_ms"] = median_step_ms(eager, args.steps)
     static = hylo_model.GraphDecoder(model, cache, use_graphs=False)
     static.step(token)
-    row["static_kernels_per_step"], row["static_kernel_ms_per_step"] = kernels_per_step(lambda: static.step(token))
+    row["static_kernels_per_step"], row["static_kernel_ms_per_step"], static_top = profile_step(
+        lambda: static.step(token), top=args.top_kernels)
     graphs = hylo_model.GraphDecoder(model, cache)
     graphs.step(token)  # captures
     row["graph_ms"] = median_step_ms(lambda: graphs.step(token), args.steps)
     row["eager_tok_s"] = 1e3 / row["eager_ms"]
     row["graph_tok_s"] = 1e3 / row["graph_ms"]
     if args.top_kernels:
-        row["replay_kernels_per_step"], row["replay_kernel_ms_per_step"] = kernels_per_step(lambda: graphs.step(token))
-        row["static_top"] = top_kernels(lambda: static.step(token), top=args.top_kernels)
-        row["replay_top"] = top_kernels(lambda: graphs.step(token), top=args.top_kernels)
+        row["replay_kernels_per_step"], row["replay_kernel_ms_per_step"], row["replay_top"] = profile_step(
+            lambda: graphs.step(token), top=args.top_kernels)
+        row["static_top"] = static_top
     print(json.dumps(row), flush=True)
 
 

@@ -18,8 +18,8 @@ When static steps are used:
   with eager static steps.
 
 The prefill always runs the ordinary forward on the request's cache, in one piece or, with transformers'
-``prefill_chunk_size``, in chunks (what keeps a long batched prompt's activations within memory); the decode that
-follows is the same either way.
+``prefill_chunk_size``, in chunks (the prefill's activations then scale with the chunk, not the prompt); the decode
+that follows is the same either way.
 
 Between calls the last internal static cache and its graphs are kept on the model (``release()`` frees them), so a
 second request of the same batch size reuses the captured steps instead of capturing again, as transformers keeps its

@@ -6,7 +6,7 @@ RAM works. A document is held out for evaluation when a hash of (split seed, sou
 ``eval_fraction`` — the same documents in every epoch and every stage. The split seed is the seed unless given apart
 (``Recipe.split_seed``): runs that differ only in the seed then train in another order and are scored on the same
 held-out documents. Several sources are interleaved document by document, source *k* drawn with probability ∝
-weight from a hash of (seed — the split seed for the held-out documents —, k), so no RNG state needs saving.
+weight from a hash of (seed, k) — of (split seed, k) for the held-out documents — so no RNG state needs saving.
 Documents are tokenized one at a time (BOS + text + EOS) and packed into rows of ``seq_len`` tokens.
 
 Shuffling is by blocks: rows are produced until a block holds at least ``shuffle_block`` rows (whole documents),

@@ -3,7 +3,7 @@
 ``hylo-search compare FOLDER_A FOLDER_B`` (two study folders, e.g. ``hylo-search study tiny --seed 0`` and
 ``--seed 1000``) reports, per objective, the Spearman correlation of the replicated means over the layouts both runs
 replicated (with the audit's bootstrap 95 % interval, :func:`~.audit.correlations`), and the Jaccard index of the two
-Pareto fronts' layout sets (the front ``hylo-search pareto`` shows: :func:`~..search.trials.pareto_front`, over the
+Pareto fronts' layout sets (the front ``hylo-search pareto`` shows, :func:`~.front.front_report`, over the
 replicated trials). Beside it, the Jaccard index of the *firm* fronts: the members that no other trial could dominate
 within noise (those ``pareto`` does not mark ``~``), which separates a front that moves between seeds from one whose
 borderline members flip.
@@ -18,7 +18,6 @@ from optuna.trial import TrialState
 from ..errors import UsageError
 from ..search.replicates import TIER
 from ..search.storage import StudyFolder
-from ..search.trials import pareto_front
 from .audit import correlations
 from .front import front_report
 
@@ -39,14 +38,16 @@ def compare_runs(a: StudyFolder, b: StudyFolder) -> dict[str, Any]:
         raise UsageError("the runs have no replicated layout in common (replicates.seeds > 1 in both?)")
     spearman = {metric: correlations([means_a[c][i] for c in common], [means_b[c][i] for c in common])
                 for i, metric in enumerate(a.metrics)}
-    fronts = [{t.user_attrs["layout"] for t in pareto_front(h.study)} for h in (a, b)]
-    union = fronts[0] | fronts[1]
-    firm = [{row["layout"] for row in front_report(h)["front"] if not row["within_noise"]} for h in (a, b)]
+    # One front report per run (the front ``pareto`` shows, each member with the trials that could dominate it
+    # within noise): the fronts, and their firm members.
+    reports = [front_report(h)["front"] for h in (a, b)]
+    fronts = [{row["layout"] for row in rows} for rows in reports]
+    firm = [{row["layout"] for row in rows if not row["within_noise"]} for rows in reports]
     return {
         "runs": [str(a.folder), str(b.folder)], "replicated": [len(means_a), len(means_b)],
         "common_layouts": common, "spearman": spearman,
-        "fronts": [sorted(f) for f in fronts], "front_common": len(fronts[0] & fronts[1]), "front_union": len(union),
-        "jaccard": _jaccard(*fronts), "firm_fronts": [sorted(f) for f in firm], "firm_jaccard": _jaccard(*firm),
+        "fronts": [sorted(f) for f in fronts], "jaccard": _jaccard(*fronts),
+        "firm_fronts": [sorted(f) for f in firm], "firm_jaccard": _jaccard(*firm),
     }
 
 
@@ -65,9 +66,10 @@ def format_comparison(result: dict[str, Any]) -> str:
         ci = stats["spearman_ci"]
         interval = f" (bootstrap 95 % interval {ci[0]:.3f} to {ci[1]:.3f})" if ci else ""
         lines.append(f"  Spearman of mean {metric}: {stats['spearman']:.3f}{interval}")
-    lines.append(f"fronts: {len(result['fronts'][0])} and {len(result['fronts'][1])} layouts, "
-                 f"{result['front_common']} of {result['front_union']} shared: Jaccard {result['jaccard']:.3f}")
-    only = [sorted(set(result["fronts"][k]) - set(result["fronts"][1 - k])) for k in (0, 1)]
+    fronts = [set(f) for f in result["fronts"]]
+    lines.append(f"fronts: {len(fronts[0])} and {len(fronts[1])} layouts, {len(fronts[0] & fronts[1])} of "
+                 f"{len(fronts[0] | fronts[1])} shared: Jaccard {result['jaccard']:.3f}")
+    only = [sorted(fronts[k] - fronts[1 - k]) for k in (0, 1)]
     lines.append(f"  only in the first: {', '.join(only[0]) or '-'}; only in the second: {', '.join(only[1]) or '-'}")
     firm = result["firm_jaccard"]
     lines.append(f"firm fronts (members no trial could dominate within noise): {len(result['firm_fronts'][0])} and "

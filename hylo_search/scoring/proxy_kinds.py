@@ -54,7 +54,8 @@ def train_recipe(ctx: TrialContext, student: Any, recipe: Any, tokens: int | Non
     data order; the held-out split is the study's (its seed, unless the recipe pins a ``split_seed``), so every
     trial and every replicate of a study is scored on the same held-out documents."""
     recipe = load_recipe(recipe)
-    recipe = recipe.with_seed(ctx.seed, split_seed=ctx.runtime.definition.seed if recipe.split_seed is None else None)
+    split = ctx.runtime.definition.seed if recipe.split_seed is None else recipe.split_seed
+    recipe = recipe.with_seed(ctx.seed, split_seed=split)
     kwargs = {"data": recipe_data(ctx.runtime, tokens), **(options or {})}
     return run_recipe(ctx.runtime.teacher, student, recipe, None, tokenizer=ctx.runtime.tokenizer, progress="off",
                       tokens=tokens, **kwargs)

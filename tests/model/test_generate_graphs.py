@@ -135,10 +135,9 @@ def test_steps_that_cannot_be_static_fall_back_with_one_log_line(static_steps, c
 @pytest.mark.parametrize("implementation", [None, "static"], ids=["dynamic", "static"])
 @torch.no_grad()
 def test_chunked_prefill_equals_one_prefill(implementation, static_steps, caplog):
-    """transformers' ``prefill_chunk_size`` (what keeps a long batched prompt's prefill within memory) feeds the
-    prompt in chunks through the model on the request's cache, then decodes as usual: the same tokens and, within
-    float32 rounding, the same scores as one prefill, with the static steps still serving the decode and no log
-    line (a prefill chunk is not a decode step that fell back)."""
+    """transformers' ``prefill_chunk_size`` feeds the prompt in chunks through the model on the request's cache,
+    then decodes as usual: the same tokens and, within float32 rounding, the same scores as one prefill, with the
+    static steps still serving the decode and no log line (a prefill chunk is not a decode step that fell back)."""
     model = tiny_model(MIXED_LAYOUT)
     prompt = _prompt(2, 45)
     scored = {"return_dict_in_generate": True, "output_logits": True, "cache_implementation": implementation}
