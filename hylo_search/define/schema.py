@@ -30,11 +30,16 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random", "brute_force", "grid")
 class StudyData(Definition):
     """Token sequences for held-out scoring (and the training data the proxy recipe reads). ``source``:
     ``builtin:random`` (uniform tokens), ``builtin:teacher_samples`` (sampled from the teacher), a local .txt /
-    .jsonl file or folder, or ``hf:DATASET[:CONFIG]`` (needs the ``datasets`` package)."""
+    .jsonl file or folder, or ``hf:DATASET[:CONFIG]`` (needs the ``datasets`` package). ``seed`` fixes the data:
+    the built-in samples, the held-out sequences and the documents a recipe proxy holds out (default: the study's
+    ``seed``, as transformers' ``data_seed`` defaults to its ``seed``). Pin it and runs of the study with different
+    seeds score layouts on the same data, as they do on a corpus file, and differ only in the search's own
+    randomness: sampler, data order, probe prompts."""
 
     source: str = "builtin:teacher_samples"
     heldout_sequences: int = Field(8, ge=1)
     heldout_length: int = Field(256, ge=2)  # a prediction needs a context token and a target
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
 
     @field_validator("source")
     @classmethod
@@ -246,6 +251,11 @@ class StudyDef(Definition):
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"objectives: metric listed twice ({metrics})")
         return self
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the study's data: ``data.seed``, else the study's ``seed``."""
+        return self.seed if self.data.seed is None else self.data.seed
 
     def library_config(self) -> LibraryConfig:
         return self.library or LibraryConfig()

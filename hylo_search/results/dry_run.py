@@ -78,6 +78,9 @@ def dry_run_report(loaded: LoadedStudy, options: Any) -> str:
     lines.append("  objectives: " + ", ".join(f"{o.metric} ({o.direction})" for o in definition.objectives))
     lines.append(f"  proxy: {loaded.proxy_kind}   probes: {loaded.probe_kind}   sampler: {definition.sampler.name}"
                  f"{' + repair' if definition.sampler.repair and definition.sampler.name not in ('grid', 'brute_force') else ''}")
+    data = definition.data
+    lines.append(f"  data: {data.source}, seed {definition.data_seed}"
+                 f"{' (pinned: the same for every --seed)' if data.seed is not None else ' (the study seed)'}")
     if definition.tiers is not None:
         lines.append(f"  two tiers: every layout scored by {loaded.first_kind} first ({options.trials} trials), "
                      f"then the {definition.tiers.promote} best trained by {loaded.proxy_kind}")

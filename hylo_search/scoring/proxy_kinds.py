@@ -51,10 +51,10 @@ def train_recipe(ctx: TrialContext, student: Any, recipe: Any, tokens: int | Non
                  options: dict[str, Any] | None = None) -> Any:
     """``run_recipe`` on ``student`` in place with the study's data (``options`` may say ``data: null`` for the
     recipe's own data, as promotion trains), rescaled to ``tokens``, writing nothing. The trial's seed sets the
-    data order; the held-out split is the study's (its seed, unless the recipe pins a ``split_seed``), so every
+    data order; the held-out split is the study's (its data seed, unless the recipe pins a ``split_seed``), so every
     trial and every replicate of a study is scored on the same held-out documents."""
     recipe = load_recipe(recipe)
-    split = ctx.runtime.definition.seed if recipe.split_seed is None else recipe.split_seed
+    split = ctx.runtime.definition.data_seed if recipe.split_seed is None else recipe.split_seed
     recipe = recipe.with_seed(ctx.seed, split_seed=split)
     kwargs = {"data": recipe_data(ctx.runtime, tokens), **(options or {})}
     return run_recipe(ctx.runtime.teacher, student, recipe, None, tokenizer=ctx.runtime.tokenizer, progress="off",

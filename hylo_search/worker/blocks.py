@@ -83,6 +83,12 @@ def probe_setting(definition: StudyDef) -> tuple[int, int]:
     return length, config.probe_samples or definition.probes.samples
 
 
+def _data_key(definition: StudyDef) -> dict[str, Any]:
+    """The study's data config for cache keys; an unset ``seed`` is left out, so keys made before the field
+    existed still match."""
+    return definition.data.model_dump(mode="json", exclude_none=True)
+
+
 def _digest(payload: Any, size: int = 32) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:size]
 
@@ -96,10 +102,11 @@ class Library:
         self.runtime = runtime
         self.root = Path(runtime.study_dir) / paths.LIBRARY_CACHE
         self.probe_length, self.probe_samples = probe_setting(definition)
-        self._sensitivity_key = _digest([definition.data.model_dump(mode="json"),
+        data = _data_key(definition)
+        self._sensitivity_key = _digest([data,
                                          definition.probes.model_dump(mode="json"), self.probe_length,
                                          self.probe_samples, definition.seed], 12)
-        self._heldout_key = [definition.data.model_dump(mode="json"), definition.seed]
+        self._heldout_key = [data, definition.data_seed]
         self._teacher_probe: float | None = None
 
     @functools.cached_property
@@ -119,7 +126,7 @@ class Library:
     def _base(self) -> list[Any]:
         definition = self.runtime.definition
         return [self.runtime.fingerprint, definition.upcycle.options(), definition.seed,
-                definition.data.model_dump(mode="json"), self.recipe.model_dump(mode="json", exclude={"data"}),
+                _data_key(definition), self.recipe.model_dump(mode="json", exclude={"data"}),
                 LIBRARY_CODE_VERSION]
 
     # ------------------------------------------------------------------------------------------------ files

@@ -97,8 +97,8 @@ class StudyRuntime:
         return self.sequences(data.heldout_length, data.heldout_sequences, stream=0)
 
     def sequences(self, length: int, count: int, stream: int) -> torch.Tensor:
-        """``[count, length]`` token ids from the study's data source, fixed by (seed, stream, length)."""
-        return token_sequences(self.definition.data.source, count, length, self.definition.seed * 1000 + stream,
+        """``[count, length]`` token ids from the study's data source, fixed by (data seed, stream, length)."""
+        return token_sequences(self.definition.data.source, count, length, self.definition.data_seed * 1000 + stream,
                                teacher=self.teacher, tokenizer=self.tokenizer).to(self.device)
 
     def training_documents(self, length: int, count: int) -> torch.Tensor:

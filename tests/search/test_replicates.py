@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hylo_search.cli import main
@@ -16,11 +17,13 @@ from hylo_search.results.compare import compare_runs
 from hylo_search.results.front import format_front, front_report
 from hylo_search.scoring import proxy_kinds
 from hylo_search.scoring.api import TrialContext
+from hylo_search.search import replicates
 from hylo_search.search.replicates import TIER, summarise, within_noise
 from hylo_search.search.run import options_for, run_study
 from hylo_search.search.storage import open_study_folder
 from hylo_search.search.trials import pareto_front, trial_counts
 from hylo_search.study import load_study
+from hylo_search.worker.runtime import StudyRuntime
 
 from .helpers import brute_force_front, write_study
 
@@ -116,17 +119,42 @@ def test_within_noise_marks_only_members_a_noisy_rival_could_dominate():
 
 def test_a_replicate_varies_the_order_not_the_held_out_split(monkeypatch):
     """The recipe proxy trains with the trial's seed (data order; seed s, s+1, ... for replicates) and holds out
-    the study's documents (its seed), unless the recipe pins a split seed of its own."""
+    the study's documents (its data seed: ``data.seed``, else its seed), unless the recipe pins a split seed of its
+    own."""
     seen = []
     monkeypatch.setattr(proxy_kinds, "recipe_data", lambda runtime, tokens: "documents")
     monkeypatch.setattr(proxy_kinds, "run_recipe", lambda teacher, student, recipe, out, **kw: seen.append(recipe))
-    runtime = SimpleNamespace(teacher=None, tokenizer=None, definition=SimpleNamespace(seed=1000))
+    runtime = SimpleNamespace(teacher=None, tokenizer=None, definition=SimpleNamespace(seed=1000, data_seed=1000))
     for seed in (1000, 1001, 1002):
         proxy_kinds.train_recipe(TrialContext(runtime, ["A"], seed, -1), None, "proxy_tiny", None)
     assert [(r.seed, r.split_seed) for r in seen] == [(1000, 1000), (1001, 1000), (1002, 1000)]
+    runtime.definition.data_seed = 0  # data.seed pinned
+    proxy_kinds.train_recipe(TrialContext(runtime, ["A"], 1001, -1), None, "proxy_tiny", None)
+    assert (seen[-1].seed, seen[-1].split_seed) == (1001, 0)
     pinned = proxy_kinds.load_recipe("proxy_tiny").model_copy(update={"split_seed": 9})
     proxy_kinds.train_recipe(TrialContext(runtime, ["A"], 1001, -1), None, pinned, None)
     assert (seen[-1].seed, seen[-1].split_seed) == (1001, 9)
+
+
+def test_a_pinned_data_seed_keeps_the_data_across_study_seeds(tmp_path):
+    """``data.seed`` fixes the built-in samples, the held-out sequences and the proxy's training documents: two
+    study seeds draw the same tokens under it, and different ones without it (the default follows ``seed``)."""
+    def draw(seed, data_seed):
+        data = {"source": "builtin:teacher_samples", "heldout_sequences": 2, "heldout_length": 16}
+        if data_seed is not None:
+            data["seed"] = data_seed
+        folder = tmp_path / f"s{seed}-{data_seed}"
+        folder.mkdir()
+        loaded = load_study(write_study(folder, seed=seed, replace={"data": data}))
+        assert loaded.definition.data_seed == (seed if data_seed is None else data_seed)
+        runtime = StudyRuntime(loaded.resolved(), folder / "run")
+        return runtime.heldout, runtime.training_documents(16, 4)
+
+    pinned = [draw(seed, 5) for seed in (0, 1000)]
+    assert all(torch.equal(a, b) for a, b in zip(*pinned))
+    free = [draw(seed, None) for seed in (0, 1000)]
+    assert not any(torch.equal(a, b) for a, b in zip(*free))
+    assert all(torch.equal(a, b) for a, b in zip(draw(5, None), pinned[0]))
 
 
 def test_compare_two_runs_of_a_study(replicated, capsys):
