@@ -138,9 +138,12 @@ class ReplicatesConfig(Definition):
     ``replicated``, ``replicate_of`` its first trial) whose objective values are the means over seeds (what Optuna
     sees), with the standard errors and per-seed values in its user attrs and the Parquet table; the front is taken
     over these. ``probe_lengths``: the finalists' probe lengths (default: the study's; list longer ones to see how
-    far recall extrapolates, e.g. 64K). ``seeds: 1`` turns replicates off."""
+    far recall extrapolates, e.g. 64K). ``race`` (default on) adds a second round: every other layout whose single
+    run is within noise of the front, the noise measured by the first round's replicates (see
+    :mod:`hylo_search.search.replicates`). ``seeds: 1`` turns replicates off."""
 
     seeds: int = Field(3, ge=1)
+    race: bool = True
     probe_samples: int = Field(64, ge=1)
     probe_lengths: list[int] = []
 

@@ -89,7 +89,8 @@ def dry_run_report(loaded: LoadedStudy, options: Any) -> str:
         lengths = replicates.probe_lengths or definition.probes.lengths
         lines.append(f"  replicates: the front and every baseline rescored with {replicates.seeds} seeds "
                      f"({replicates.probe_samples} probe samples per task and length"
-                     f"{', at ' + ', '.join(f'{n:,}' for n in sorted(lengths)) + ' tokens' if lengths else ''}); "
+                     f"{', at ' + ', '.join(f'{n:,}' for n in sorted(lengths)) + ' tokens' if lengths else ''})"
+                     f"{', then every layout within noise of the front (race)' if replicates.race else ''}; "
                      "objectives then shown as mean ± standard error")
     if loaded.uses_library():
         config = definition.library_config()

@@ -88,6 +88,7 @@ class Driver:
         # Replicates: the finalists of the answer, each run with several seeds (see .replicates).
         self.replicate_config = loaded.definition.replicates
         self.finalists: list[replicates.Finalist] | None = None
+        self.raced = False
         self.replicating: dict[int, tuple[replicates.Finalist, int]] = {}
         self.pending: list[tuple[replicates.Finalist, int]] = []
         self.replicate_probes: dict[str, Any] = {"samples": self.replicate_config.probe_samples}
@@ -303,6 +304,13 @@ class Driver:
             self.finalists = replicates.finalists(trials, pareto_front(self.study, replicated=False),
                                                   self.loaded.definition.seed, config.seeds)
             self.pending = [(f, seed) for f in self.finalists for seed in f.seeds]
+        if config.race and not self.raced and not self.pending and not self.replicating:
+            self.raced = True  # the second round: layouts whose single run is within noise of the front
+            trials = self.study.get_trials(deepcopy=False)
+            added = replicates.in_reach(trials, pareto_front(self.study, replicated=False), self.loaded.metrics,
+                                        self.loaded.directions, self.loaded.definition.seed, config.seeds)
+            self.finalists += added
+            self.pending = [(f, seed) for f in added for seed in f.seeds]
         while self.pending and self._busy() < self.executor.capacity:
             finalist, seed = self.pending.pop(0)
             number = self._next_number()

@@ -8,6 +8,13 @@ the means over seeds (what Optuna sees and sorts by), and a ``replicates`` user 
 standard error of the mean (sample standard deviation / sqrt(n); 0 for the exact memory metrics) and the per-seed
 values. The front is then taken over the replicated trials (:func:`~.trials.pareto_front`), and a front member
 whose lead over some other trial is within noise is marked (:func:`within_noise`).
+
+The first round's finalists come from single runs, so a layout that one unlucky seed put just behind the front
+would never be replicated. With ``replicates.race`` (the default) a second round follows, as racing methods
+(F-Race, irace) do: the first round's replicates measure a single run's noise per objective (:func:`run_noise`),
+and every other layout whose single run, given that noise, the replicated finalists do not dominate is replicated
+too (:func:`in_reach`). Both rounds are fixed by the first-tier trials alone, so a resumed study replicates what
+an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -42,21 +49,82 @@ class Finalist:
         return len(self.records) == len(self.seeds)
 
 
-def finalists(trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial], seed: int, seeds: int) -> list[Finalist]:
-    """The front's layouts, then every baseline's, each once (its earliest completed feasible trial of the highest
-    tier it reached), skipping layouts that already have a replicated trial."""
-    done = {t.user_attrs.get("layout") for t in trials if t.user_attrs.get("tier") == TIER}
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("tier") != TIER
-                and all(v <= 0 for v in t.constraints.values())]
+def _unreplicated(trials: Sequence[FrozenTrial]) -> dict[str, FrozenTrial]:
+    """Per layout, the trial that stands for it before replicates: its earliest completed feasible trial of the
+    highest tier it reached (a promoted, second-tier trial over the first-tier one)."""
     best: dict[str, FrozenTrial] = {}
-    for t in complete:  # a promoted (second-tier) trial stands for its layout over the first-tier one
+    for t in trials:
+        if t.state != TrialState.COMPLETE or t.user_attrs.get("tier") == TIER or \
+                any(v > 0 for v in t.constraints.values()):
+            continue
         code = t.user_attrs["layout"]
         if code not in best or ("promoted_from" in t.user_attrs and "promoted_from" not in best[code].user_attrs):
             best[code] = t
+    return best
+
+
+def first_round(trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The front's layouts, then every baseline's, each once (see :func:`_unreplicated`)."""
+    best = _unreplicated(trials)
     order = [t.user_attrs["layout"] for t in front]
-    order += [t.user_attrs["layout"] for t in complete if "baseline" in t.user_attrs]
-    picked = [best[code] for code in dict.fromkeys(order) if code in best and code not in done]
+    order += [t.user_attrs["layout"] for t in trials if "baseline" in t.user_attrs and t.user_attrs.get("tier") != TIER]
+    return [best[code] for code in dict.fromkeys(order) if code in best]
+
+
+def _replicated(trials: Sequence[FrozenTrial]) -> dict[str, FrozenTrial]:
+    return {t.user_attrs["layout"]: t for t in trials
+            if t.user_attrs.get("tier") == TIER and t.state == TrialState.COMPLETE and t.values is not None}
+
+
+def finalists(trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial], seed: int, seeds: int) -> list[Finalist]:
+    """The first round (:func:`first_round`), skipping layouts that already have a replicated trial."""
+    done = {t.user_attrs.get("layout") for t in trials if t.user_attrs.get("tier") == TIER}
+    picked = [t for t in first_round(trials, front) if t.user_attrs["layout"] not in done]
     return [Finalist(t, [seed + k for k in range(seeds)]) for t in picked]
+
+
+def run_noise(replicated: Sequence[FrozenTrial], metrics: list[str]) -> list[float]:
+    """A single run's standard deviation per objective, pooled over ``replicated`` trials: the root of the mean
+    per-layout sample variance of their per-seed values (0 where no trial has a spread, e.g. exact memory)."""
+    noise = []
+    for metric in metrics:
+        variances = [statistics.variance(values) for t in replicated
+                     if len(values := ((t.user_attrs.get("replicates") or {}).get("metrics", {}).get(metric) or {})
+                            .get("values") or []) > 1]
+        noise.append(math.sqrt(statistics.fmean(variances)) if variances else 0.0)
+    return noise
+
+
+def in_reach(trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial], metrics: list[str],
+             directions: list[str], seed: int, seeds: int) -> list[Finalist]:
+    """The second round: every unreplicated layout outside the first round whose single run, moved in its favour
+    by :data:`NOISE_SE` standard deviations of its difference from a replicated mean (a single run's noise from
+    :func:`run_noise` of the first round's replicates, times sqrt(1 + 1/seeds)), no replicated first-round trial
+    dominates. Empty until every first-round layout is replicated or failed."""
+    first = first_round(trials, front)
+    replicated = _replicated(trials)
+    failed = {t.user_attrs.get("layout") for t in trials if t.user_attrs.get("tier") == TIER} - set(replicated)
+    if any(t.user_attrs["layout"] not in replicated and t.user_attrs["layout"] not in failed for t in first):
+        return []
+    anchors = [replicated[t.user_attrs["layout"]] for t in first if t.user_attrs["layout"] in replicated]
+    band = [NOISE_SE * sd * math.sqrt(1 + 1 / seeds) for sd in run_noise(anchors, metrics)]
+    sign = [1.0 if d == "minimize" else -1.0 for d in directions]  # loss = sign * value: lower is better
+    taken = {t.user_attrs["layout"] for t in first} | set(replicated) | failed
+    tiered = any("promoted_from" in t.user_attrs for t in trials)  # then only second-tier values compare
+    picked = []
+    for layout, trial in _unreplicated(trials).items():
+        if layout in taken or trial.values is None or (tiered and "promoted_from" not in trial.user_attrs):
+            continue
+        hopeful = [s * v - b for s, v, b in zip(sign, trial.values, band)]
+        if not any(_dominates([s * v for s, v in zip(sign, a.values)], hopeful) for a in anchors):
+            picked.append(trial)
+    picked.sort(key=lambda t: t.number)
+    return [Finalist(t, [seed + k for k in range(seeds)]) for t in picked]
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Losses ``a`` dominate losses ``b``: no worse anywhere, better somewhere."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
 def summarise(values: Sequence[float]) -> dict[str, Any]:

@@ -50,7 +50,9 @@ def test_every_finalist_is_replicated_once_with_three_seeds(replicated):
                      for t in [trials[t]]}
     baseline_layouts = {t.user_attrs["layout"] for t in first if "baseline" in t.user_attrs}
     feasible = {t.user_attrs["layout"] for t in first if all(v <= 0 for v in t.constraints.values())}
-    assert sorted(t.user_attrs["layout"] for t in reps) == sorted((front_layouts | baseline_layouts) & feasible)
+    first_round = (front_layouts | baseline_layouts) & feasible
+    assert sorted(t.user_attrs["layout"] for t in reps) == sorted(first_round | _second_round(loaded, first, reps,
+                                                                                              first_round))
     for t in reps:
         assert t.state == TrialState.COMPLETE and t.user_attrs["replicates"]["seeds"] == [0, 1, 2]
         parent = trials[t.user_attrs["replicate_of"]]
@@ -58,6 +60,26 @@ def test_every_finalist_is_replicated_once_with_three_seeds(replicated):
     counts = trial_counts(handle.study)
     assert counts["replicated"] == len(reps) and counts["counted"] - counts["replicated"] == 6
     assert summary.stop_reason == f"reached 6 trials; {len(reps)} finalists replicated over 3 seeds"
+
+
+def _second_round(loaded, first, reps, first_round):
+    """The racing round, written from its definition: a single run's noise per objective pooled over the first
+    round's replicates; a layout joins when, moved 2 x noise x sqrt(1 + 1/3) in its favour, no first-round
+    replicate dominates it."""
+    anchors = [t for t in reps if t.user_attrs["layout"] in first_round]
+    noise = [math.sqrt(statistics.fmean(statistics.variance(t.user_attrs["replicates"]["metrics"][m]["values"])
+                                        for t in anchors)) for m in loaded.metrics]
+    sign = [1 if d == "minimize" else -1 for d in loaded.directions]
+    joined = set()
+    for t in sorted(first, key=lambda t: t.number):
+        layout = t.user_attrs["layout"]
+        if layout in first_round or layout in joined or any(v > 0 for v in t.constraints.values()):
+            continue
+        hopeful = [s * v - 2 * n * math.sqrt(1 + 1 / 3) for s, v, n in zip(sign, t.values, noise)]
+        if not any(all(s * a <= h for s, a, h in zip(sign, r.values, hopeful)) and
+                   any(s * a < h for s, a, h in zip(sign, r.values, hopeful)) for r in anchors):
+            joined.add(layout)
+    return joined
 
 
 def test_objectives_are_means_with_standard_errors(replicated):
@@ -169,3 +191,39 @@ def test_compare_two_runs_of_a_study(replicated, capsys):
     assert result["firm_jaccard"] == 1.0 and set(result["firm_fronts"][0]) <= set(result["fronts"][0])
     assert main(["compare", str(folder / "run"), str(folder / "run")]) == 0
     assert "Jaccard 1.000" in capsys.readouterr().out
+
+
+def _run(number, layout, values, per_seed=None, **attrs):
+    """A stored trial: a first-tier run (``per_seed`` None) or a replicated one (per-seed values per objective)."""
+    user = {"layout": layout, **attrs}
+    if per_seed is not None:
+        user.update(tier=TIER, replicate_of=attrs.get("replicate_of", 0), replicates={"seeds": [0, 1, 2], "metrics": {
+            m: {"mean": statistics.fmean(v), "se": statistics.stdev(v) / math.sqrt(3), "values": v}
+            for m, v in zip(("kl", "probe"), per_seed)}})
+    trial = optuna.trial.create_trial(values=values, user_attrs=user)
+    trial.number = number
+    return trial
+
+
+def test_the_race_replicates_what_one_unlucky_seed_hid_and_nothing_far_behind():
+    """The second round: a layout whose single run sits just behind a replicated finalist (within the noise its
+    replicates measured) is replicated too; one far behind is not; a resumed study (part of the round replicated)
+    replicates the rest of the same round, its band still measured on the first round alone."""
+    directions = ["minimize", "maximize"]
+    # First tier: A on the front; B and C behind it on both objectives (B by 0.1, C by 1.0); D a baseline.
+    a, b, c = _run(0, "A", [1.0, -5.0]), _run(1, "B", [1.1, -5.1]), _run(2, "C", [2.0, -6.0])
+    d = _run(3, "D", [3.0, -9.0], baseline="all_d")
+    # Replicates of the first round (A and the baseline): a single run's noise is 0.1 on kl, 0.2 on probe.
+    rep_a = _run(4, "A", [1.0, -5.0], ([0.9, 1.0, 1.1], [-5.2, -5.0, -4.8]), replicate_of=0)
+    rep_d = _run(5, "D", [3.0, -9.0], ([2.9, 3.0, 3.1], [-9.2, -9.0, -8.8]), replicate_of=3)
+    e = _run(7, "E", [1.2, -5.0])  # worse than A on kl by 0.2, within 2 x 0.1 x sqrt(4/3) = 0.23
+    first = [a, b, c, d, e]
+    assert [t.user_attrs["layout"] for t in replicates.first_round(first, [a])] == ["A", "D"]
+    assert replicates.in_reach(first + [rep_a], [a], ["kl", "probe"], directions, 0, 3) == []  # D not back yet
+    assert replicates.run_noise([rep_a, rep_d], ["kl", "probe"]) == pytest.approx([0.1, 0.2])
+    added = replicates.in_reach(first + [rep_a, rep_d], [a], ["kl", "probe"], directions, 7, 3)
+    assert [(f.parent.user_attrs["layout"], f.seeds) for f in added] == [("B", [7, 8, 9]), ("E", [7, 8, 9])]
+    # Resumed after B's replicate (far noisier than the first round's: it must not move the band): E remains.
+    rep_b = _run(8, "B", [1.1, -5.1], ([0.1, 1.1, 2.1], [-9.0, -5.1, -1.2]), replicate_of=1)
+    left = replicates.in_reach(first + [rep_a, rep_d, rep_b], [a], ["kl", "probe"], directions, 7, 3)
+    assert [f.parent.user_attrs["layout"] for f in left] == ["E"]
