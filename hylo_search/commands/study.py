@@ -132,6 +132,7 @@ class _Progress:
         self.target = target
         self.metrics = metrics
         self.eta = Eta(target)
+        self.replicates_eta = Eta(0)  # the finalists' replicates, paced from the end of the search
         self.library = LibraryLines(self.console)
         self.update: Any = lambda **fields: None
 
@@ -151,6 +152,7 @@ class _Progress:
             counts = info["counts"]
             # The pace counts this run's trials only (after the library is built, when the study uses one).
             self.eta.restart(counts["counted"])
+            self.replicates_eta.restart(counts.get("replicated", 0))
             resumed = f", resuming with {counts['counted']} trials" if counts["counted"] else ""
             say(self.console, f"study folder {info['folder']} (storage {info['storage']}); "
                 f"{info['capacity']} trial(s) at a time{resumed}")
@@ -182,7 +184,12 @@ class _Progress:
             line += f"  [baseline {attrs['baseline']}]"
         line += (f"   | done {counts['complete']}  running {counts['running']}  failed {counts['failed']}  "
                  f"infeasible {counts['infeasible']}  front {counts['front']}")
-        eta = self.eta.text(counts["counted"])
+        if "replicate_of" in attrs:
+            self.replicates_eta.total = counts.get("replicated", 0) + counts.get("finalists_left", 0)
+            eta = self.replicates_eta.text(counts.get("replicated", 0))
+        else:
+            self.replicates_eta.restart(counts.get("replicated", 0))
+            eta = self.eta.text(counts["counted"])
         return line + (f"  {eta}" if eta else "")
 
     def _status(self, counts: dict[str, int]) -> None:

@@ -346,6 +346,7 @@ class Driver:
         counts = trial_counts(self.study)
         counts["running"] = self._busy()
         counts["front"] = len(pareto_front(self.study))
+        counts["finalists_left"] = sum(not f.done for f in self.finalists or [])  # the rounds known so far
         self.report("trial", {"trial": frozen, "counts": counts})
         for callback in self.options.callbacks:  # experiment tracking (search/tracking.py), after the record
             callback(self.study, frozen)

@@ -53,6 +53,27 @@ def test_trial_lines_keep_baseline_tags_and_bracketed_failures():
     assert "eta " in out.splitlines()[-1]  # two of three trials done: one left, at this run's pace
 
 
+def test_replicate_lines_have_an_eta_for_the_finalists_left():
+    """The replicate phase (most of the tiny demo's time) shows the time left for the finalists known so far."""
+    progress = _Progress(1, ["proxy_kl"])
+    progress.console = _console()
+    counts = {"complete": 1, "failed": 0, "infeasible": 0, "running": 0, "front": 1, "counted": 1, "replicated": 0}
+    progress.report("started", {"folder": "f", "storage": "s", "capacity": 1, "counts": counts})
+    searched = create_trial(values=[0.5], user_attrs={"layout": "A,G"})
+    searched.number = 0
+    progress.report("trial", {"trial": searched, "counts": {**counts, "finalists_left": 2}})
+    lines = []
+    for number, left in ((1, 1), (2, 0)):
+        rep = create_trial(values=[0.5], user_attrs={"layout": "A,G", "replicate_of": 0,
+                                                     "replicates": {"seeds": [0, 1, 2]}})
+        rep.number = number
+        progress.report("trial", {"trial": rep, "counts": {**counts, "counted": 1 + number, "replicated": number,
+                                                           "finalists_left": left}})
+        lines.append(_printed(progress).splitlines()[-1])
+    assert "[replicate over 3 seeds of trial 0]" in lines[0] and "eta " in lines[0]  # one of two done
+    assert "eta" not in lines[1]  # none left
+
+
 def test_library_lines_count_tasks_with_an_eta():
     lines = LibraryLines(_console(), "library of t4")
     lines.report("library_started", {"entries": 4, "tasks": 2})
