@@ -105,3 +105,13 @@ def test_export_then_promote_gives_a_checkpoint_that_generates(demo):
     # Greedy decoding through the cache == the argmax of one uncached forward over the same tokens.
     assert generated.shape[1] > ids.shape[1]
     assert torch.equal(uncached, generated[0, ids.shape[1] :])
+
+
+def test_the_shipped_study_covers_its_space_on_fixed_data():
+    """Two runs of `study tiny` with different seeds must be comparable member by member (issue 15's reproducibility
+    check): its trials cover the whole space, and its corpus is pinned (``data.seed``) as a corpus file would be."""
+    from hylo_search.study import load_study
+
+    loaded = load_study("tiny")
+    assert loaded.definition.trials >= loaded.space.size() == 36
+    assert loaded.definition.data.seed is not None
