@@ -3,11 +3,12 @@
 After the search (and a two-tier study's promotions) the *finalists* — the layouts on the front and every baseline
 — each run ``replicates.seeds`` times with the study's proxy: seed s, s+1, ... (the proxy's data order and the
 probe prompts change with the seed; its held-out documents are the study's, the same for every seed) and
-``replicates.probe_samples`` probe samples per (task, length). A finalist's runs become one trial of its own: tier ``replicated``, ``replicate_of`` the trial it replicates, objective values
-the means over seeds (what Optuna sees and sorts by), and a ``replicates`` user attr with, per metric, the mean, the
-standard error of the mean (sample standard deviation / sqrt(n); 0 for the exact memory metrics) and the per-seed
-values. The front is then taken over the replicated trials (:func:`~.trials.pareto_front`), and a front member
-whose lead over some other trial is within noise is marked (:func:`within_noise`).
+``replicates.probe_samples`` probe samples per (task, length). A finalist's runs become one trial of its own:
+tier ``replicated``, ``replicate_of`` the trial it replicates, objective values the means over seeds (what Optuna
+sees and sorts by), and a ``replicates`` user attr with, per metric, the mean, the standard error of the mean
+(sample standard deviation / sqrt(n); 0 for the exact memory metrics) and the per-seed values. The front is then
+taken over the replicated trials (:func:`~.trials.pareto_front`), and a front member whose lead over some other
+trial is within noise is marked (:func:`within_noise`).
 
 The first round's finalists come from single runs, so a layout that one unlucky seed put just behind the front
 would never be replicated. With ``replicates.race`` (the default) a second round follows, as racing methods
