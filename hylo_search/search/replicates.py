@@ -25,9 +25,11 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from ..worker.tasks import Failure
+from .optuna_compat import non_domination_rank
 
 TIER = "replicated"
 NOISE_SE = 2.0  # a difference of less than this many combined standard errors is not significant
@@ -103,29 +105,26 @@ def in_reach(trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial], metric
     :func:`run_noise` of the first round's replicates, times sqrt(1 + 1/seeds)), no replicated first-round trial
     dominates. Empty until every first-round layout is replicated or failed."""
     first = first_round(trials, front)
-    replicated = _replicated(trials)
-    failed = {t.user_attrs.get("layout") for t in trials if t.user_attrs.get("tier") == TIER} - set(replicated)
-    if any(t.user_attrs["layout"] not in replicated and t.user_attrs["layout"] not in failed for t in first):
+    done = {t.user_attrs.get("layout") for t in trials if t.user_attrs.get("tier") == TIER}  # replicated or failed
+    if any(t.user_attrs["layout"] not in done for t in first):
         return []
+    replicated = _replicated(trials)
     anchors = [replicated[t.user_attrs["layout"]] for t in first if t.user_attrs["layout"] in replicated]
-    band = [NOISE_SE * sd * math.sqrt(1 + 1 / seeds) for sd in run_noise(anchors, metrics)]
-    sign = [1.0 if d == "minimize" else -1.0 for d in directions]  # loss = sign * value: lower is better
-    taken = {t.user_attrs["layout"] for t in first} | set(replicated) | failed
+    band = np.array([NOISE_SE * sd * math.sqrt(1 + 1 / seeds) for sd in run_noise(anchors, metrics)])
+    sign = np.array([1.0 if d == "minimize" else -1.0 for d in directions])  # losses: lower is better
+    anchor_loss = np.array([a.values for a in anchors], dtype=float).reshape(-1, len(sign)) * sign
+    taken = {t.user_attrs["layout"] for t in first} | done
     tiered = any("promoted_from" in t.user_attrs for t in trials)  # then only second-tier values compare
     picked = []
     for layout, trial in _unreplicated(trials).items():
         if layout in taken or trial.values is None or (tiered and "promoted_from" not in trial.user_attrs):
             continue
-        hopeful = [s * v - b for s, v, b in zip(sign, trial.values, band)]
-        if not any(_dominates([s * v for s, v in zip(sign, a.values)], hopeful) for a in anchors):
+        hopeful = np.asarray(trial.values, dtype=float) * sign - band
+        # Non-domination rank 0 among the anchors and itself: no replicated finalist dominates the hopeful values.
+        if non_domination_rank(np.vstack([anchor_loss, hopeful]))[-1] == 0:
             picked.append(trial)
     picked.sort(key=lambda t: t.number)
     return [Finalist(t, [seed + k for k in range(seeds)]) for t in picked]
-
-
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """Losses ``a`` dominate losses ``b``: no worse anywhere, better somewhere."""
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
 def summarise(values: Sequence[float]) -> dict[str, Any]:
