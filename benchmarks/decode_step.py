@@ -22,11 +22,12 @@ import hylo_model
 import hylo_model.ops.backend
 
 
-def profile_step(step, steps: int = 3, top: int = 0) -> tuple[float, float, list[tuple[str, int, float]]]:
+def profile_step(step, steps: int = 3, top: int = 0, sequence: list | None = None,
+                 ) -> tuple[float, float, list[tuple[str, int, float]]]:
     """One torch profile of ``steps`` calls of ``step``: device events per step, their summed device time in ms per
     step, and the ``top`` events by time as (name, calls per step, ms per step). Kernels launched by a CUDA graph
     replay are recorded one by one too (CUPTI reports them), so a replay can be compared with the same step run
-    eagerly."""
+    eagerly. ``sequence``, when given, receives the first step's device events in launch order as (name, µs)."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -35,6 +36,9 @@ def profile_step(step, steps: int = 3, top: int = 0) -> tuple[float, float, list
             step()
         torch.cuda.synchronize()
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if sequence is not None:
+        ordered = sorted(events, key=lambda e: e.time_range.start)
+        sequence.extend((e.name[:100], round(e.device_time, 2)) for e in ordered[: len(events) // steps])
     totals: dict[str, list[float]] = {}
     for e in events:
         entry = totals.setdefault(e.name[:90], [0, 0.0])
@@ -71,6 +75,10 @@ def main() -> None:
     parser.add_argument("--prefill-backend", default="auto", choices=["auto", "torch"],
                         help="'torch' prefills on the PyTorch path: no Triton autotuning before the timed steps "
                              "(the steps themselves always take the default path)")
+    parser.add_argument("--host-profile", type=int, default=0,
+                        help="also print this many functions by own host time (cProfile) over 5 eager steps")
+    parser.add_argument("--sequence", default=None,
+                        help="write the replayed step's kernels in launch order (name, µs) to this JSON file")
     args = parser.parse_args()
     shape = SHAPES[args.shape]
     layout = args.layout or spaced(shape["num_hidden_layers"], "L128", 4, "G")
@@ -89,6 +97,20 @@ def main() -> None:
            "card": torch.cuda.get_device_name()}
     row["eager_kernels_per_step"], row["eager_kernel_ms_per_step"], _ = profile_step(eager)
     row["eager_ms"] = median_step_ms(eager, args.steps)
+    if args.host_profile:
+        import cProfile
+        import io
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(5):
+            eager()
+        torch.cuda.synchronize()
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.host_profile)
+        print(text.getvalue(), flush=True)
     static = hylo_model.GraphDecoder(model, cache, use_graphs=False)
     static.step(token)
     row["static_kernels_per_step"], row["static_kernel_ms_per_step"], static_top = profile_step(
@@ -98,9 +120,13 @@ def main() -> None:
     row["graph_ms"] = median_step_ms(lambda: graphs.step(token), args.steps)
     row["eager_tok_s"] = 1e3 / row["eager_ms"]
     row["graph_tok_s"] = 1e3 / row["graph_ms"]
-    if args.top_kernels:
+    if args.top_kernels or args.sequence:
+        sequence: list = []
         row["replay_kernels_per_step"], row["replay_kernel_ms_per_step"], row["replay_top"] = profile_step(
-            lambda: graphs.step(token), top=args.top_kernels)
+            lambda: graphs.step(token), top=args.top_kernels, sequence=sequence)
+        if args.sequence:
+            with open(args.sequence, "w") as handle:
+                json.dump(sequence, handle, indent=0)
         row["static_top"] = static_top
     print(json.dumps(row), flush=True)
 

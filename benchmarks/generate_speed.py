@@ -42,10 +42,12 @@ class Stamps(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def run(model, config: str, length: int, batch: int, new_tokens: int) -> dict:
+def run(model, config: str, length: int, batch: int, new_tokens: int, prefill_chunk: int | None = None) -> dict:
     ids = torch.randint(1, model.config.vocab_size, (batch, length), device="cuda")
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
                   attention_mask=torch.ones_like(ids))
+    if prefill_chunk:
+        kwargs["prefill_chunk_size"] = prefill_chunk
     if config == "hylo-eager":
         kwargs["disable_compile"] = True
     if config == "teacher-static":
@@ -79,6 +81,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--configs", default="hylo,hylo-eager,teacher,teacher-static")
+    parser.add_argument("--prefill-chunk", type=int, default=0,
+                        help="generate(prefill_chunk_size=N): the prompt is prefilled N tokens at a time")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     shape = SHAPES[args.shape]
@@ -96,9 +100,10 @@ def main() -> None:
         for config in chosen:
             for length in (parse_tokens(x) for x in args.lengths.split(",")):
                 for batch in (int(b) for b in args.batches.split(",")):
-                    row = {"config": config, "tokens": length, "batch": batch}
+                    row = {"config": config, "tokens": length, "batch": batch,
+                           "prefill_chunk": args.prefill_chunk or None}
                     try:
-                        row.update(run(model, config, length, batch, args.new_tokens))
+                        row.update(run(model, config, length, batch, args.new_tokens, args.prefill_chunk))
                         floor = (weights + cache_bytes(model, config, length + args.new_tokens // 2, batch)) / bandwidth
                         row["roofline_pct"] = 100 * floor * 1e3 / row["step_ms"]
                     except torch.OutOfMemoryError:

@@ -142,6 +142,20 @@ class GenerationGraphs:
         call = self._call
         return call is not None and call.decoder is not None and model_kwargs.get(_CACHE_FIELD) is call.cache
 
+    def step_inputs(self, input_ids: torch.Tensor, next_sequence_length: int | None = None,
+                    **kwargs: Any) -> dict | None:
+        """``prepare_inputs_for_generation`` for a decode step :meth:`step` replays: the last token and the cache,
+        without transformers' generic work (a clone, position slicing, mask building), which runs on the host
+        between one token's sync and the next step's launch, while the GPU waits. None when the step is not one
+        the call's decoder serves (transformers' own preparation then runs)."""
+        call = self._call
+        cache = kwargs.get(_CACHE_FIELD, kwargs.get("past_key_values"))
+        if (call is None or call.decoder is None or cache is not call.cache or next_sequence_length != 1
+                or kwargs.get("attention_mask") is not None or kwargs.get("inputs_embeds") is not None
+                or kwargs.get("output_hidden_states") or kwargs.get("output_attentions")):
+            return None
+        return {"input_ids": input_ids[:, -1:], _CACHE_FIELD: cache}
+
     def step(self, input_ids: torch.Tensor | None = None, *, inputs_embeds: torch.Tensor | None = None,
              attention_mask: torch.Tensor | None = None, output_hidden_states: bool | None = None,
              output_attentions: bool | None = None, **kwargs: Any) -> CausalLMOutputWithPast:

@@ -63,6 +63,7 @@ class GraphDecoder:
         if not buckets or buckets[0] < 1 or buckets[-1] > cache.max_length:
             raise ValueError(f"buckets must lie in 1..max_length={cache.max_length}, got {buckets}")
         self.model, self.cache = model, cache
+        self._embeddings = model.get_input_embeddings()  # its dtype is the model's compute dtype
         self.buckets = buckets if buckets[-1] == cache.max_length else buckets + [cache.max_length]
         self.device = next(model.parameters()).device
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
@@ -130,7 +131,7 @@ class GraphDecoder:
                              "cache first (the cache holds 0 tokens)")
         if context + 1 > cache.max_length:
             raise ValueError(f"context {context} + 1 token exceeds HyLoCache(max_length={cache.max_length})")
-        dtype = self.model.get_input_embeddings().weight.dtype
+        dtype = self._embeddings.weight.dtype
         if cache.dtype != dtype:
             raise ValueError(f"the cache holds {cache.dtype} activations, the model computes in {dtype}")
         if tokens is None:

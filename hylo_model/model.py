@@ -324,6 +324,15 @@ class HyLoForCausalLM(HyLoPreTrainedModel, GenerationMixin):
         with self._generation_graphs().session():
             return super().generate(*args, **kwargs)
 
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any) -> dict:
+        """transformers' preparation, except for the decode steps a captured graph serves: those need only the last
+        token and the cache (:meth:`GenerationGraphs.step_inputs`)."""
+        if not args:
+            inputs = self._generation_graphs().step_inputs(input_ids, **kwargs)
+            if inputs is not None:
+                return inputs
+        return super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+
     def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config) -> bool:
         return self._generation_graphs().uses_steps(model_kwargs)
 
