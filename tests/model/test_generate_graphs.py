@@ -9,10 +9,12 @@ second call reuses the kept cache. The ``gpu`` test replays the captured graphs 
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import pytest
 import torch
+from transformers import GenerationMixin
 
 from hylo_model import HyLoCache
 from hylo_model.graphs import GraphDecoder
@@ -151,6 +153,26 @@ def test_chunked_prefill_equals_one_prefill(implementation, static_steps, caplog
     whole_logits, chunked_logits = torch.stack(whole.logits), torch.stack(chunked.logits)
     assert whole_logits.abs().max() > 0.1
     assert (chunked_logits - whole_logits).abs().max() < LOGITS_ATOL
+
+
+@pytest.mark.parametrize("implementation", [None, "static"], ids=["dynamic", "static"])
+@torch.no_grad()
+def test_static_steps_skip_transformers_input_preparation(implementation, static_steps, monkeypatch):
+    """A decode step the static decoder serves reads only the last token and the cache, so transformers' generic
+    ``prepare_inputs_for_generation`` (host work between one token's sync and the next launch) runs for the
+    prefill alone; eager decoding keeps it for every step."""
+    calls = []
+    generic = GenerationMixin.prepare_inputs_for_generation
+
+    @functools.wraps(generic)  # its signature names the cache argument, which HyLo reads
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return generic(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "prepare_inputs_for_generation", counted)
+    _generate(tiny_model(MIXED_LAYOUT), _prompt(2), cache_implementation=implementation)
+    assert len(static_steps) == (NEW_TOKENS - 1 if implementation else 0)
+    assert len(calls) == (1 if implementation else NEW_TOKENS)
 
 
 def test_packed_projections_keep_names_and_follow_updates():
