@@ -24,13 +24,18 @@ from .generation import GenerationGraphs
 from .layers import MIXER_CLASSES, GatedDeltaNet, Mamba2
 from .layers.common import AttentionMask, RMSNorm, RopeFrequencies, decay_init
 from .layers.mla import mla_rope_frequencies
+from .layers.packed import PackedLinears
+from .ops.activation import swiglu
+from .ops.norm import add_rms_norm
 
 # The output field that holds the cache: transformers renamed `past_key_values` to `cache` within 5.x.
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class MLP(nn.Module):
-    """SwiGLU MLP with Llama/Qwen names (``gate_proj``, ``up_proj``, ``down_proj``)."""
+    """SwiGLU MLP with Llama/Qwen names (``gate_proj``, ``up_proj``, ``down_proj``). Without gradients the gate
+    and up projections run as one GEMM (:class:`~hylo_model.layers.packed.PackedLinears`); with SiLU the
+    activation and the product are one fused kernel on CUDA (:func:`~hylo_model.ops.activation.swiglu`)."""
 
     def __init__(self, config: HyLoConfig) -> None:
         super().__init__()
@@ -39,9 +44,12 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(hidden, inner, bias=bias)
         self.down_proj = nn.Linear(inner, hidden, bias=bias)
         self.act_fn = ACT2FN[config.hidden_act]
+        self._silu = config.hidden_act in ("silu", "swish")
+        self._gate_up = PackedLinears([self.gate_proj, self.up_proj])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self._gate_up(x)
+        return self.down_proj(swiglu(gate, up) if self._silu else self.act_fn(gate) * up)
 
 
 class HyLoDecoderLayer(GradientCheckpointingLayer):
@@ -55,8 +63,11 @@ class HyLoDecoderLayer(GradientCheckpointingLayer):
         self.mlp = MLP(config)
 
     def forward(self, hidden_states: torch.Tensor, **mixer_kwargs: Any) -> torch.Tensor:
-        hidden_states = hidden_states + self.mixer(self.input_layernorm(hidden_states), **mixer_kwargs)
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        mixed = self.mixer(self.input_layernorm(hidden_states), **mixer_kwargs)
+        # The residual add and the MLP's norm: one kernel on CUDA (ops.norm.add_rms_norm).
+        norm = self.post_attention_layernorm
+        normed, hidden_states = add_rms_norm(mixed, hidden_states, norm.weight, norm.variance_epsilon)
+        return hidden_states + self.mlp(normed)
 
 
 class HyLoPreTrainedModel(PreTrainedModel):

@@ -1,5 +1,6 @@
-"""RMSNorm and gated RMSNorm: the Llama/Qwen and mamba_ssm/fla formulas in PyTorch (the reference, any device) and
-fla's fused Triton kernels on CUDA (one pass over the activations instead of a float32 copy per elementwise step).
+"""RMSNorm (alone or fused with the residual add before it) and gated RMSNorm: the Llama/Qwen and mamba_ssm/fla
+formulas in PyTorch (the reference, any device) and fla's fused Triton kernels on CUDA (one pass over the activations
+instead of a float32 copy per elementwise step).
 In a 128K-token prefill of a Qwen3-1.7B-shape 4 MLA + 24 GDN model on an H100, fusing them cut the norms, residuals
 and embeddings from 0.266 s to 0.050 s and the GDN mixers from 0.563 s to 0.417 s (``benchmarks/RESULTS.md``, run F).
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 from . import backend
 
-__all__ = ["rms_norm", "rms_norm_torch", "gated_rms_norm", "gated_rms_norm_torch"]
+__all__ = ["rms_norm", "rms_norm_torch", "add_rms_norm", "gated_rms_norm", "gated_rms_norm_torch"]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -33,6 +34,21 @@ def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
     x = x.float()
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x.to(dtype)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rms_norm(residual + x), residual + x)``: a pre-norm block's residual add and the next norm, one kernel on
+    CUDA (fla's norm with ``residual`` and ``prenorm``) instead of two. The sum is rounded to ``residual``'s dtype
+    as the separate add rounds it; the fused kernel normalises the unrounded float32 sum, which moves the normed
+    output by at most one rounding step of its dtype."""
+    if weight.dtype == x.dtype == residual.dtype and backend.use_fast("rms_norm", x, "fla.modules.norm"):
+        from fla.modules.norm.layernorm import rms_norm as fla_rms_norm
+
+        normed, summed = fla_rms_norm(x, weight, None, residual=residual, eps=eps, prenorm=True)
+        return normed, summed
+    summed = residual + x
+    return rms_norm_torch(summed, weight, eps), summed
 
 
 def gated_rms_norm(

@@ -1,5 +1,6 @@
-"""RMSNorm and gated RMSNorm: the torch path against transformers' and mamba_ssm's formulas (exact), a static
-decode step's attention against SDPA, and (on CUDA) fla's fused norm kernels against the float32 torch path."""
+"""RMSNorm, the residual add fused with it, gated RMSNorm and SwiGLU: the torch path against transformers' and
+mamba_ssm's formulas (exact), a static decode step's attention against SDPA, and (on CUDA) fla's fused kernels
+against the float32 torch path."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from hylo_model.layers.common import attend_slots
 from hylo_model.ops import backend
-from hylo_model.ops.norm import gated_rms_norm, rms_norm
+from hylo_model.ops.activation import swiglu
+from hylo_model.ops.norm import add_rms_norm, gated_rms_norm, rms_norm
 
 # (group_size, norm_before_gate): GDN's per-head norm then gate; Mamba2's gate then norm per group.
 GATED_CASES = [(128, True), (256, False), (1024, False)]
@@ -26,6 +28,20 @@ def test_rms_norm_equals_transformers_llama(dtype):
         reference.weight.copy_(torch.randn(64))
     with backend.force_backend("torch"):
         assert torch.equal(rms_norm(x, reference.weight, 1e-6), reference(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_rms_norm_is_the_add_then_the_norm(dtype):
+    """The torch path of the fused residual add is the two steps it replaces, to the bit: the sum rounded to the
+    dtype, then the norm of that sum (so the CPU model computes exactly what the unfused block did)."""
+    torch.manual_seed(0)
+    x, residual = torch.randn(2, 7, 64, dtype=dtype), torch.randn(2, 7, 64, dtype=dtype) * 4
+    weight = torch.randn(64, dtype=dtype)
+    with backend.force_backend("torch"):
+        normed, summed = add_rms_norm(x, residual, weight, 1e-6)
+        assert torch.equal(summed, residual + x)
+        assert torch.equal(normed, rms_norm(residual + x, weight, 1e-6))
+        assert torch.equal(swiglu(x, residual), F.silu(x) * residual)
 
 
 @pytest.mark.parametrize("group_size, norm_before_gate", GATED_CASES)
@@ -101,9 +117,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to the torch path fails
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype, forward_tol, grad_tol", [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 1e-2, 4e-2)])
-@pytest.mark.parametrize("case", ["plain"] + [f"gated-{g}-{'before' if b else 'after'}" for g, b in GATED_CASES])
+@pytest.mark.parametrize("case", ["plain", "residual", "swiglu"]
+                         + [f"gated-{g}-{'before' if b else 'after'}" for g, b in GATED_CASES])
 def test_fused_norms_match_torch(case, dtype, forward_tol, grad_tol):
-    """fla's fused kernels (forward and backward) == the float32 torch path, relative error within the bounds."""
+    """fla's fused kernels (forward and backward) == the float32 torch path, relative error within the bounds:
+    the norms, the residual add fused with a norm (both of its outputs), and SwiGLU (with its weight standing in
+    for a third input, so every gradient is checked)."""
     assert backend.has_module("fla.modules.norm"), "fla.modules.norm does not import (pip install 'hylo-search[gpu]')"
     torch.manual_seed(0)
     x, z = torch.randn(2, 1000, 2048, device="cuda") * 2, torch.randn(2, 1000, 2048, device="cuda")
@@ -111,6 +130,13 @@ def test_fused_norms_match_torch(case, dtype, forward_tol, grad_tol):
     if case == "plain":
         def fn(x, z, weight):
             return rms_norm(x, weight, 1e-6) * z
+    elif case == "residual":
+        def fn(x, z, weight):
+            normed, summed = add_rms_norm(x, z, weight, 1e-6)
+            return torch.cat([normed, summed], dim=-1)
+    elif case == "swiglu":
+        def fn(x, z, weight):
+            return swiglu(x, z) * weight
     else:
         _, size, order = case.split("-")
 
