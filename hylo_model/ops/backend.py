@@ -72,6 +72,17 @@ def use_fast(op: str, tensor: torch.Tensor, module: str) -> bool:
     return False
 
 
+def layout_fallback(op: str, reason: str) -> None:
+    """A CUDA call of ``op`` whose inputs the fast kernel cannot take (``reason``): raise if the fast path was forced,
+    else warn once per op and reason, and the caller runs the PyTorch path."""
+    if current() == "fast":
+        raise RuntimeError(f"{op}: the fast path was forced but {reason}")
+    key = f"{op}: {reason}"
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"{op}: {reason}; running the pure-PyTorch path on CUDA (slow)", RuntimeWarning, stacklevel=3)
+
+
 @functools.cache
 def fla_gated_backward_broken(device: torch.device) -> bool:
     """Whether fla's gated chunk backward (``chunk_bwd_dqkwg``, used by GDN and simple GLA) refuses to run on

@@ -69,6 +69,7 @@ def test_torch_matches_naive(seqlen, width, state, activation):
     y_ref, s_ref, g_ref = run_with_grads(ref, inputs)
     y, s, g = run_with_grads(ours, inputs)
     assert y.shape == (2, seqlen, 6) and s.shape == (2, 6, width - 1)
+    assert s.is_contiguous()  # the decode step's kernel and a CUDA graph's in-place updates need it
     assert_close(y, y_ref, name="y")
     assert_close(s, s_ref, name="state")
     for name in g_ref:
@@ -184,6 +185,7 @@ def test_fast_matches_torch_bf16(seqlen, state):
     y_ref, s_ref, g_ref = run("torch")
     y, s, g = run("fast")
     assert y.dtype == s.dtype == torch.bfloat16 and s.shape == s_ref.shape
+    assert s.is_contiguous() and s_ref.is_contiguous()
     assert rel_err(y, y_ref) < 5e-3, rel_err(y, y_ref)
     assert torch.equal(s, s_ref)
     for name in g_ref:
@@ -208,6 +210,6 @@ def test_fast_decode_matches_torch_bf16(state):
                 y, conv_state = causal_conv1d(**step, output_final_state=True)
                 ys.append(y)
     assert rel_err(torch.cat(ys, dim=1), y_ref) < 5e-3
-    assert torch.equal(conv_state, s_ref)
+    assert torch.equal(conv_state, s_ref) and conv_state.is_contiguous()
     if original_state is not None:
         assert torch.equal(inputs["conv_state"], original_state), "the caller's state was modified in place"

@@ -83,3 +83,36 @@ def test_cuda_decode_steps_match_float32_reference(layout):
     rel = ((outputs[1] - outputs[0]).norm() / outputs[0].norm()).item()
     print(f"\n{layout}: bf16 fast decode vs float32 reference, relative error {rel:.2e}")
     assert rel < 2e-2
+
+
+def _linear_states(cache: HyLoCache) -> dict[str, torch.Tensor]:
+    return {f"{i}.{name}": t for i, entry in enumerate(cache.layers) if cache.is_linear[i] for name, t in entry.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@torch.no_grad()
+def test_prefill_leaves_contiguous_states(dtype):
+    """After a prefill, every Mamba2/GDN state in the cache is contiguous: the decode step's Triton kernel takes only
+    contiguous states, and a static step (what ``generate`` replays) updates them in place, so a strided state
+    would send every step to the PyTorch convolution (on an H100 it did: 1,232 kernels per replayed step)."""
+    model = tiny_model("G,M").to(dtype)
+    cache = HyLoCache(model.config, max_length=64)
+    model(torch.randint(1, 97, (2, 13)), cache=cache, use_cache=True)
+    states = _linear_states(cache)
+    assert len(states) == 6 and all(t.is_contiguous() for t in states.values()), {
+        name: t.stride() for name, t in states.items()}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a conv step falling back to PyTorch fails
+@pytest.mark.parametrize("layout", ["G,G", "M,M"])
+@torch.no_grad()
+def test_cuda_generate_takes_the_triton_conv_step(layout):
+    """``generate`` on CUDA (prefill through fla, then captured static steps) leaves contiguous states and never
+    falls back to the PyTorch convolution step (which warns)."""
+    model = tiny_model(layout).cuda().to(torch.bfloat16)
+    prompt = torch.randint(1, 97, (2, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    cache = model._generation_graphs()._kept[0]
+    assert all(t.is_contiguous() for t in _linear_states(cache).values())

@@ -59,7 +59,7 @@ def causal_conv1d_torch(
     if not output_final_state:
         return y, None
     # Sliced from the padded input, so a call shorter than W - 1 keeps the older state entries.
-    return y, full[..., full.shape[-1] - (width - 1):].to(x.dtype)
+    return y, full[..., full.shape[-1] - (width - 1):].to(x.dtype).contiguous()
 
 
 def causal_conv1d(
@@ -83,8 +83,9 @@ def causal_conv1d(
         output_final_state: also return the new state.
 
     Returns:
-        ``y [Bsz, T, C]`` in ``x.dtype`` and the new state ``[Bsz, C, W - 1]`` in ``x.dtype``: the last ``W - 1``
-        inputs, older state entries included when ``T < W - 1`` (None unless ``output_final_state``).
+        ``y [Bsz, T, C]`` in ``x.dtype`` and the new state ``[Bsz, C, W - 1]`` in ``x.dtype``, contiguous (what
+        :func:`conv_step`'s kernel and a CUDA graph's in-place updates need): the last ``W - 1`` inputs, older state
+        entries included when ``T < W - 1`` (None unless ``output_final_state``).
 
     Kernel choice: on CUDA with fla importable, fla's Triton ``causal_conv1d`` (``causal_conv1d_update`` for a
     single token without gradients); otherwise :func:`causal_conv1d_torch`.

@@ -35,7 +35,7 @@ def causal_conv1d_fla(
             cache = x.new_zeros(bsz, channels, weight.shape[1])
         # The update kernel shifts the cache in place; `cache` is always our own fresh tensor here.
         y, cache = causal_conv1d_update(x=x, cache=cache, weight=weight, bias=bias, activation=activation)
-        return y, (cache[..., 1:] if output_final_state else None)
+        return y, (cache[..., 1:].contiguous() if output_final_state else None)
     y, final_state = causal_conv1d(
         x=x,
         weight=weight,
@@ -44,4 +44,6 @@ def causal_conv1d_fla(
         output_final_state=output_final_state,
         activation=activation,
     )
-    return y, (None if final_state is None else final_state[..., 1:])
+    # Contiguous, as the contract says: the decode step's Triton kernel and a CUDA graph's in-place state updates
+    # need it (a strided state sent every step of `generate` to the PyTorch step, 1,232 kernels per step).
+    return y, (None if final_state is None else final_state[..., 1:].contiguous())

@@ -67,8 +67,10 @@ def conv_step(
         raise ValueError(f"conv_step takes x [B, 1, C] and state [B, C, W - 1] = {expected}, got "
                          f"{tuple(x.shape)} and {tuple(state.shape)}")
     out_state = state if in_place else None
-    if state.is_contiguous() and weight.is_contiguous() and backend.use_fast("conv_step", x, "triton"):
-        from .fast_step import conv_step_triton
+    if backend.use_fast("conv_step", x, "triton"):
+        if state.is_contiguous() and weight.is_contiguous():
+            from .fast_step import conv_step_triton
 
-        return conv_step_triton(x, state, weight, bias, activation, out_state)
+            return conv_step_triton(x, state, weight, bias, activation, out_state)
+        backend.layout_fallback("conv_step", "the state or the weight is not contiguous")
     return conv_step_torch(x, state, weight, bias, activation, out_state)
