@@ -33,7 +33,7 @@ def conv_step_torch(
         y = y + bias.float()[:, None]
     if activation == "silu":
         y = F.silu(y)
-    new_state = window[..., 1:].to(x.dtype)
+    new_state = window[..., 1:].to(x.dtype).contiguous()  # as causal_conv1d's: the Triton step needs it
     if out_state is not None:
         out_state.copy_(new_state)
         new_state = out_state
