@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+import transformers
 from long_context import SHAPES, hylo_model_for, parse_tokens, spaced
 from transformers.generation import utils as generation_utils
 
@@ -90,6 +91,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
     shape = SHAPES[args.shape]
+    if not hasattr(generation_utils, "StopCheck"):
+        raise SystemExit(f"generate_loop.py times transformers' StopCheck (5.24+); this is transformers "
+                         f"{transformers.__version__}")
     model = hylo_model_for(shape, args.layout or spaced(shape["num_hidden_layers"], "L128", 4, "G"), "cuda")
     _wrap(generation_utils.StopCheck, "__call__", "stop_in", "stop_out")
     _wrap(torch.cuda.CUDAGraph, "replay", "replay_in", "replay_out", events=True)
