@@ -148,11 +148,10 @@ class GenerationGraphs:
         without transformers' generic work (a clone, position slicing, mask building), which runs on the host
         between one token's sync and the next step's launch, while the GPU waits. None when the step is not one
         the call's decoder serves (transformers' own preparation then runs)."""
-        call = self._call
         cache = kwargs.get(_CACHE_FIELD, kwargs.get("past_key_values"))
-        if (call is None or call.decoder is None or cache is not call.cache or next_sequence_length != 1
-                or kwargs.get("attention_mask") is not None or kwargs.get("inputs_embeds") is not None
-                or kwargs.get("output_hidden_states") or kwargs.get("output_attentions")):
+        if next_sequence_length != 1 or not self._serves(
+                cache, kwargs.get("inputs_embeds"), kwargs.get("attention_mask"),
+                kwargs.get("output_hidden_states"), kwargs.get("output_attentions")):
             return None
         return {"input_ids": input_ids[:, -1:], _CACHE_FIELD: cache}
 
@@ -162,10 +161,8 @@ class GenerationGraphs:
         """One decode step as ``model(**inputs)`` takes it; the call's decoder serves one token per sequence
         (positions come from the cache, which equal transformers' own without padding), the model the rest."""
         call, cache = self._call, kwargs.get(_CACHE_FIELD)
-        plain = (call is not None and call.decoder is not None and cache is call.cache and input_ids is not None
-                 and input_ids.dim() == 2 and input_ids.shape[1] == 1 and inputs_embeds is None
-                 and attention_mask is None and not output_hidden_states and not output_attentions)
-        if plain:
+        one_token = input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1] == 1
+        if one_token and self._serves(cache, inputs_embeds, attention_mask, output_hidden_states, output_attentions):
             try:
                 return CausalLMOutputWithPast(logits=call.decoder.step(input_ids), **{_CACHE_FIELD: cache})
             except RuntimeError as error:  # a capture failing leaves the cache as it was (GraphDecoder._capture)
@@ -184,6 +181,14 @@ class GenerationGraphs:
                           output_hidden_states=output_hidden_states, output_attentions=output_attentions, **kwargs)
 
     # ---------------------------------------------------------------------------------------------- internals
+    def _serves(self, cache: Any, inputs_embeds: Any, attention_mask: Any, output_hidden_states: Any,
+                output_attentions: Any) -> bool:
+        """Whether the call's decoder serves a step with these inputs (one token per sequence is the caller's
+        check): the call's own cache, token ids without a mask, no per-step outputs."""
+        call = self._call
+        return (call is not None and call.decoder is not None and cache is call.cache and inputs_embeds is None
+                and attention_mask is None and not output_hidden_states and not output_attentions)
+
     def _why_eager(self, generation_config: Any, generation_mode: Any, attention_mask: torch.Tensor | None) -> str | None:
         if getattr(generation_config, "disable_compile", False):
             return "disable_compile=True"

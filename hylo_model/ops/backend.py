@@ -59,28 +59,22 @@ def use_fast(op: str, tensor: torch.Tensor, module: str) -> bool:
         raise RuntimeError(f"{op}: the fast path was forced but the tensors are on {tensor.device}, not CUDA")
     if has_module(module):
         return True
-    if choice == "fast":
-        raise RuntimeError(f"{op}: the fast path was forced but `{module}` does not import; pip install 'hylo-search[gpu]'")
-    if op not in _warned:
-        _warned.add(op)
-        warnings.warn(
-            f"{op}: `{module}` is not importable, running the pure-PyTorch path on CUDA (slow). "
-            "Install the fast kernels with: pip install 'hylo-search[gpu]'",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    fallback(op, f"`{module}` is not importable", hint="; install the fast kernels with: pip install "
+             "'hylo-search[gpu]'", stacklevel=4)
     return False
 
 
-def layout_fallback(op: str, reason: str) -> None:
-    """A CUDA call of ``op`` whose inputs the fast kernel cannot take (``reason``): raise if the fast path was forced,
-    else warn once per op and reason, and the caller runs the PyTorch path."""
+def fallback(op: str, reason: str, *, hint: str = "", stacklevel: int = 3) -> None:
+    """A CUDA call of ``op`` that cannot take its fast path (``reason``: the library does not import, or the inputs
+    are in a layout the kernel cannot take): raise if the fast path was forced, else warn once per op and reason,
+    and the caller runs the PyTorch path."""
     if current() == "fast":
-        raise RuntimeError(f"{op}: the fast path was forced but {reason}")
+        raise RuntimeError(f"{op}: the fast path was forced but {reason}{hint}")
     key = f"{op}: {reason}"
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(f"{op}: {reason}; running the pure-PyTorch path on CUDA (slow)", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{op}: {reason}, running the pure-PyTorch path on CUDA (slow){hint}", RuntimeWarning,
+                      stacklevel=stacklevel)
 
 
 @functools.cache

@@ -74,6 +74,11 @@ def first_round(trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial]) -> 
     return [best[code] for code in dict.fromkeys(order) if code in best]
 
 
+def _attempted(trials: Sequence[FrozenTrial]) -> set[str]:
+    """Layouts that have a replicated trial, complete or failed."""
+    return {t.user_attrs.get("layout") for t in trials if t.user_attrs.get("tier") == TIER}
+
+
 def _replicated(trials: Sequence[FrozenTrial]) -> dict[str, FrozenTrial]:
     return {t.user_attrs["layout"]: t for t in trials
             if t.user_attrs.get("tier") == TIER and t.state == TrialState.COMPLETE and t.values is not None}
@@ -81,7 +86,7 @@ def _replicated(trials: Sequence[FrozenTrial]) -> dict[str, FrozenTrial]:
 
 def finalists(trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial], seed: int, seeds: int) -> list[Finalist]:
     """The first round (:func:`first_round`), skipping layouts that already have a replicated trial."""
-    done = {t.user_attrs.get("layout") for t in trials if t.user_attrs.get("tier") == TIER}
+    done = _attempted(trials)
     picked = [t for t in first_round(trials, front) if t.user_attrs["layout"] not in done]
     return [Finalist(t, [seed + k for k in range(seeds)]) for t in picked]
 
@@ -105,7 +110,7 @@ def in_reach(trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial], metric
     :func:`run_noise` of the first round's replicates, times sqrt(1 + 1/seeds)), no replicated first-round trial
     dominates. Empty until every first-round layout is replicated or failed."""
     first = first_round(trials, front)
-    done = {t.user_attrs.get("layout") for t in trials if t.user_attrs.get("tier") == TIER}  # replicated or failed
+    done = _attempted(trials)
     if any(t.user_attrs["layout"] not in done for t in first):
         return []
     replicated = _replicated(trials)

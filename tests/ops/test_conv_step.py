@@ -4,6 +4,7 @@ the PyTorch form; the lean decode steps of Gated DeltaNet and Mamba2 on CUDA aga
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -118,3 +119,16 @@ def test_cuda_generate_takes_the_triton_conv_step(layout):
     model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
     cache = model._generation_graphs()._kept[0]
     assert all(t.is_contiguous() for t in _linear_states(cache).values())
+
+
+def test_fallback_warns_once_and_raises_when_forced(monkeypatch):
+    """A CUDA call that cannot take its kernel falls back loudly: one RuntimeWarning per op and reason (what the GPU
+    tests turn into an error), and an error naming the reason when the fast path was forced."""
+    monkeypatch.setattr(backend, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="conv_step: the state is strided, running the pure-PyTorch path"):
+        backend.fallback("conv_step", "the state is strided")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend.fallback("conv_step", "the state is strided")  # said once already: silent
+    with backend.force_backend("fast"), pytest.raises(RuntimeError, match="forced but the state is strided"):
+        backend.fallback("conv_step", "the state is strided")

@@ -72,5 +72,5 @@ def conv_step(
             from .fast_step import conv_step_triton
 
             return conv_step_triton(x, state, weight, bias, activation, out_state)
-        backend.layout_fallback("conv_step", "the state or the weight is not contiguous")
+        backend.fallback("conv_step", "the state or the weight is not contiguous")
     return conv_step_torch(x, state, weight, bias, activation, out_state)
