@@ -133,6 +133,8 @@ class HyLoCache:
             return
         entry = self.layers[layer_idx]
         for name, tensor in tensors.items():
+            if entry[name] is tensor:  # updated in place by the step's kernel
+                continue
             if entry[name].shape != tensor.shape:
                 raise ValueError(f"a static step keeps the state's shape: layer {layer_idx} {name} holds "
                                  f"{tuple(entry[name].shape)}, the step brings {tuple(tensor.shape)}")

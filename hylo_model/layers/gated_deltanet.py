@@ -6,8 +6,8 @@ log-decay g = -exp(A_log) * softplus(a_proj x + dt_bias); the gated delta rule; 
 SiLU(g_proj x) (or a plain RMSNorm without the output gate); o_proj.
 
 Without gradients the input projections run as one GEMM (:class:`~hylo_model.layers.packed.PackedLinears`), and a
-decode step (one token per sequence after a prefill) takes a lean path: one convolution kernel per q/k/v that
-updates its state in place during a static step, and on CUDA the gates computed inside fla's recurrent kernel.
+decode step (one token per sequence after a prefill) takes a lean path: one convolution kernel for q, k and v
+that updates their states in place during a static step, and on CUDA the gates computed inside fla's recurrent kernel.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from ..cache import HyLoCache
 from ..config import HyLoConfig
-from ..ops.conv import causal_conv1d, conv_step
+from ..ops.conv import causal_conv1d, conv_step_group
 from ..ops.gated_delta import decay_and_beta, fused_gates, gated_delta_rule, gated_delta_step
 from .common import AttentionMask, GatedRMSNorm, RMSNorm, decay_init
 from .packed import PackedLinears
@@ -112,19 +112,20 @@ class GatedDeltaNet(nn.Module):
 
     def _step(self, q, k, v, a, b, gate, cache: HyLoCache, state: dict[str, torch.Tensor]) -> torch.Tensor:
         """One token per sequence after a prefill, without gradients; inputs as :meth:`_project` returns them.
-        In a static step (a CUDA-graph decode) the convolution states are written in place."""
+        In a static step (a CUDA-graph decode) the convolution and recurrent states are written in place."""
         bsz = q.shape[0]
         in_place = cache.static_keys is not None
-        q, conv_q = conv_step(q, state["conv_q"], self.q_conv1d.weight.squeeze(1), in_place=in_place)
-        k, conv_k = conv_step(k, state["conv_k"], self.k_conv1d.weight.squeeze(1), in_place=in_place)
-        v, conv_v = conv_step(v, state["conv_v"], self.v_conv1d.weight.squeeze(1), in_place=in_place)
+        (q, conv_q), (k, conv_k), (v, conv_v) = conv_step_group(
+            [q, k, v], [state["conv_q"], state["conv_k"], state["conv_v"]],
+            [m.weight.squeeze(1) for m in (self.q_conv1d, self.k_conv1d, self.v_conv1d)], in_place=in_place)
         q = q.view(bsz, 1, self.num_heads, self.head_k_dim)
         k = k.view(bsz, 1, self.num_heads, self.head_k_dim)
         v = v.view(bsz, 1, self.num_v_heads, self.head_v_dim)
         scale = self.head_k_dim**-0.5
         if fused_gates(q):
             o, recurrent = gated_delta_step(q, k, v, a, b, self.A_log, self.dt_bias, scale=scale,
-                                            initial_state=state["recurrent"])
+                                            initial_state=state["recurrent"],
+                                            out_state=state["recurrent"] if in_place else None)
         else:
             g, beta = decay_and_beta(a, b, self.A_log, self.dt_bias)
             o, recurrent = gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=state["recurrent"],

@@ -154,3 +154,22 @@ def test_preallocated_cache_equals_growing_cache(model, tokens):
     if any(m in ("attention", "mla") for m in model.config.layer_mixers):
         with pytest.raises(ValueError, match="is full"):
             model(tokens[:, :1], cache=cache, use_cache=True)
+
+
+@torch.no_grad()
+def test_chained_blocks_equal_block_by_block(model, tokens):
+    """Without gradients the blocks run chained (each block's last residual add fused with the next norm); on the
+    CPU the result is the block-by-block forward's to the bit. A hook on a block turns the chaining off, so the
+    hook sees every block's output (that is the block-by-block reference here), as do gradients."""
+    seen = []
+    handle = model.model.layers[-1].register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        assert not model.model._chain_blocks()
+        reference = model(tokens, use_cache=False).logits
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    assert model.model._chain_blocks()
+    assert torch.equal(model(tokens, use_cache=False).logits, reference)
+    with torch.enable_grad():
+        assert not model.model._chain_blocks()

@@ -11,7 +11,7 @@ import torch
 
 from hylo_model import HyLoCache
 from hylo_model.ops import backend
-from hylo_model.ops.conv import causal_conv1d_torch, conv_step, conv_step_torch
+from hylo_model.ops.conv import causal_conv1d_torch, conv_step, conv_step_group, conv_step_torch
 from tests.helpers import tiny_model
 
 
@@ -43,6 +43,52 @@ def test_step_rejects_wrong_shapes():
     args = _inputs(2, 8, 4, bias=False)
     with pytest.raises(ValueError, match=r"state \[B, C, W - 1\] = \(2, 8, 3\)"):
         conv_step(args["x"], args["state"][:, :, :2], args["weight"])
+
+
+def _group_inputs(batch, widths, *, dtype=torch.float32, device="cpu"):
+    """Strided slices of one packed projection (as GDN's q, k, v), with their states and weights."""
+    gen = torch.Generator().manual_seed(1)
+    packed = torch.randn(batch, 1, sum(widths) + 5, generator=gen).to(device=device, dtype=dtype)
+    starts = [sum(widths[:i]) for i in range(len(widths))]
+    xs = [packed[..., s : s + c] for s, c in zip(starts, widths)]
+    states = [torch.randn(batch, c, 3, generator=gen).to(device=device, dtype=dtype) for c in widths]
+    weights = [torch.randn(c, 4, generator=gen).to(device=device, dtype=dtype) for c in widths]
+    return xs, states, weights
+
+
+def _assert_group_equals_singles(xs, states, weights):
+    expected = [conv_step(x, s, w) for x, s, w in zip(xs, states, weights)]
+    held = [s.clone() for s in states]
+    for in_place, kept in ((False, [s.clone() for s in states]), (True, held)):
+        got = conv_step_group(xs, kept, weights, in_place=in_place)
+        for (y, state), (ref_y, ref_state), old in zip(got, expected, kept):
+            assert torch.equal(y, ref_y) and torch.equal(state, ref_state) and (state is old) == in_place
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_group_step_equals_single_steps(batch, count):
+    xs, states, weights = _group_inputs(batch, [64, 64, 96][:count])
+    _assert_group_equals_singles(xs, states, weights)
+
+
+def test_group_step_rejects_more_than_three():
+    xs, states, weights = _group_inputs(1, [8, 8, 8, 8])
+    with pytest.raises(ValueError, match="one to three tensors"):
+        conv_step_group(xs, states, weights)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_triton_group_step_equals_single_triton_steps(batch, dtype):
+    """One launch for q, k and v (GDN's widths at the Qwen3-1.7B shape): each tensor's output and state equal
+    the single-tensor kernel's to the bit, in place or not."""
+    xs, states, weights = _group_inputs(batch, [2048, 1024, 4096], dtype=dtype, device="cuda")
+    with backend.force_backend("fast"):
+        _assert_group_equals_singles(xs, states, weights)
 
 
 @pytest.mark.gpu

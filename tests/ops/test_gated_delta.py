@@ -318,3 +318,38 @@ def test_fla_fused_recurrent_decode_matches_torch_on_cuda():
     assert o.dtype == torch.bfloat16 and state.dtype == torch.float32
     errors = {"o": rel_err(o, o_ref), "final_state": rel_err(state, state_ref)}
     _check_errors("fla fused_recurrent vs torch, T=1", errors)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@no_fallback
+def test_direct_step_equals_fla_public_and_updates_in_place():
+    """gated_delta_step launches fla's kernel directly: the same output and state as fla's public function to the
+    bit, for a packed projection's strided gates at batch 2; and with ``out_state`` the initial state itself, the
+    state is updated where it lies."""
+    from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+
+    from hylo_model.ops.gated_delta import gated_delta_step
+    from hylo_model.ops.gated_delta.fast_step import direct_kernel
+
+    assert direct_kernel() is not None, "fla's recurrent kernel no longer takes the direct launch's arguments"
+    B, H, HV, K, V = 2, 4, 8, 128, 128
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q, k = (torch.randn(B, 1, H, K, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(2))
+    v = torch.randn(B, 1, HV, V, device="cuda", generator=gen, dtype=torch.bfloat16)
+    packed = torch.randn(B, 1, 3 * HV, device="cuda", generator=gen, dtype=torch.bfloat16)
+    a, b = packed[..., :HV], packed[..., HV : 2 * HV]  # strided, as PackedLinears returns them
+    A_log = torch.rand(HV, device="cuda", generator=gen).log()
+    dt_bias = torch.randn(HV, device="cuda", generator=gen)
+    h0 = torch.randn(B, HV, K, V, device="cuda", generator=gen) * 0.1
+    with torch.no_grad():
+        o_ref, state_ref = fused_recurrent_gated_delta_rule(
+            q, k, v, g=a, beta=b, scale=K**-0.5, initial_state=h0.clone(), output_final_state=True,
+            use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias,
+            use_beta_sigmoid_in_kernel=True)
+        o, state = gated_delta_step(q, k, v, a, b, A_log, dt_bias, scale=K**-0.5, initial_state=h0.clone())
+        inplace = h0.clone()
+        o2, state2 = gated_delta_step(q, k, v, a, b, A_log, dt_bias, scale=K**-0.5, initial_state=inplace,
+                                      out_state=inplace)
+    assert torch.equal(o, o_ref) and torch.equal(state, state_ref)
+    assert state2 is inplace and torch.equal(o2, o_ref) and torch.equal(inplace, state_ref)

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from .. import backend
 from .fast import causal_conv1d_fla
 from .naive import naive_causal_conv1d
-from .step import conv_step, conv_step_torch
+from .step import conv_step, conv_step_group, conv_step_torch
 
-__all__ = ["causal_conv1d", "causal_conv1d_torch", "conv_step", "conv_step_torch", "naive_causal_conv1d"]
+__all__ = ["causal_conv1d", "causal_conv1d_torch", "conv_step", "conv_step_group", "conv_step_torch",
+           "naive_causal_conv1d"]
 
 
 def _check(x, weight, bias, activation, conv_state) -> None:

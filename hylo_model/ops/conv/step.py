@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .. import backend
 
-__all__ = ["conv_step", "conv_step_torch"]
+__all__ = ["conv_step", "conv_step_group", "conv_step_torch"]
 
 
 def conv_step_torch(
@@ -74,3 +74,30 @@ def conv_step(
             return conv_step_triton(x, state, weight, bias, activation, out_state)
         backend.fallback("conv_step", "the state or the weight is not contiguous")
     return conv_step_torch(x, state, weight, bias, activation, out_state)
+
+
+def conv_step_group(
+    xs: list[torch.Tensor],
+    states: list[torch.Tensor],
+    weights: list[torch.Tensor],
+    *,
+    activation: str | None = "silu",
+    in_place: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`conv_step` (no bias) on one to three tensors at once: GDN's q, k and v steps as one kernel on CUDA
+    instead of three. The same results as calling :func:`conv_step` on each, to the bit (each channel's arithmetic
+    is the same); returns ``(y, new_state)`` per tensor."""
+    if not 1 <= len(xs) == len(states) == len(weights) <= 3:
+        raise ValueError(f"conv_step_group takes one to three tensors, states and weights, got {len(xs)}, "
+                         f"{len(states)} and {len(weights)}")
+    uniform = all(len({t.dtype for t in group}) == 1 for group in (xs, states, weights)) and len(
+        {w.shape[1] for w in weights}) == 1 and len({x.shape[0] for x in xs}) == 1
+    if uniform and backend.use_fast("conv_step", xs[0], "triton") and all(
+            x.dim() == 3 and x.shape[1] == 1 and tuple(s.shape) == (x.shape[0], x.shape[2], w.shape[1] - 1)
+            and s.is_contiguous() and w.is_contiguous() for x, s, w in zip(xs, states, weights)):
+        if activation not in (None, "silu"):
+            raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+        from .fast_step import conv_step_group_triton
+
+        return conv_step_group_triton(xs, states, weights, activation, in_place)
+    return [conv_step(x, s, w, activation=activation, in_place=in_place) for x, s, w in zip(xs, states, weights)]

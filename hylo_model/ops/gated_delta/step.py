@@ -52,19 +52,30 @@ def gated_delta_step(
     scale: float,
     initial_state: Tensor | None,
     use_qk_l2norm: bool = True,
+    out_state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """fla's ``fused_recurrent_gated_delta_rule`` on raw gates, for a few tokens without gradients (where
-    :func:`fused_gates`); elsewhere callers take :func:`decay_and_beta` and ``gated_delta_rule``.
+    """fla's recurrent kernel on raw gates, for a few tokens without gradients (where :func:`fused_gates`);
+    elsewhere callers take :func:`decay_and_beta` and ``gated_delta_rule``.
 
     Args:
         q, k: ``[B, T, H, K]``; v: ``[B, T, HV, V]``.
         a, b: ``[B, T, HV]`` raw projections (any float dtype, any strides).
         A_log, dt_bias: ``[HV]``.
-        initial_state: ``[B, HV, K, V]`` float32 or None.
+        initial_state: ``[B, HV, K, V]`` float32 contiguous, or None.
+        out_state: where the final state goes (``[B, HV, K, V]`` float32 contiguous; ``initial_state`` itself
+            updates the state in place, as a static step needs), or None for a new tensor.
 
     Returns:
-        ``o [B, T, HV, V]`` in ``v.dtype`` and the final state ``[B, HV, K, V]`` float32 (a new tensor).
+        ``o [B, T, HV, V]`` in ``v.dtype`` and the final state ``[B, HV, K, V]`` float32 (``out_state`` when given).
+
+    The kernel is launched directly (``fast_step.py``: no autograd wrapper, no copy of the state); with an fla whose
+    kernel takes other arguments, through fla's public function.
     """
+    from .fast_step import direct_kernel, recurrent_step
+
+    if direct_kernel() is not None:
+        return recurrent_step(q, k, v, a, b, A_log, dt_bias, scale=scale, initial_state=initial_state,
+                              out_state=out_state, use_qk_l2norm=use_qk_l2norm)
     from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 
     o, state = fused_recurrent_gated_delta_rule(
@@ -72,4 +83,7 @@ def gated_delta_step(
         output_final_state=True, use_qk_l2norm_in_kernel=use_qk_l2norm, use_gate_in_kernel=True,
         A_log=A_log, dt_bias=dt_bias, use_beta_sigmoid_in_kernel=True,
     )
+    if out_state is not None:
+        out_state.copy_(state)
+        state = out_state
     return o.to(v.dtype), state
