@@ -7,7 +7,8 @@ Ours: ``hylo_model.ops`` entry points (dispatch, dtype handling, state layout) a
 ``torch.nn.functional.scaled_dot_product_attention`` on the same tensors. Median of ``triton.testing.do_bench``.
 B=1, 16 heads, head_dim 128 (GDN q/k/v, SSD P=N=128), 8 KV heads for attention, bf16. Ours runs the whole op as
 the mixers call it (SSD with its D skip, which fla's kernel does not have); the bare SSD call includes only the
-input mapping it cannot run without (``v = dt·x``, ``g = dt·A``).
+input mapping it cannot run without (``v = dt·x``, ``g = dt·A``). Where mamba_ssm imports, the SSD op takes its
+fused kernel (D in its epilogue); the fla path and mamba's chunk of 256 are then timed too.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ def main() -> None:
     from fla.ops.simple_gla import chunk_simple_gla
 
     from hylo_model.layers.common import AttentionMask, sdpa
+    from hylo_model.ops import backend
     from hylo_model.ops.gated_delta import gated_delta_rule, l2norm
-    from hylo_model.ops.ssd import ssd
+    from hylo_model.ops.ssd import ssd, ssd_fla, ssd_mamba
+
+    mamba = backend.has_module("mamba_ssm.ops.triton.ssd_combined")
 
     dev, dt = "cuda", torch.bfloat16
     print(f"card: {torch.cuda.get_device_name()}  torch {torch.__version__}")
@@ -58,10 +62,17 @@ def main() -> None:
         C = torch.randn(1, T, H, D, device=dev, dtype=dt)
         skip = torch.randn(H, device=dev)
         with torch.no_grad():
-            ours = bench(lambda: ssd(x, dtv, A, B, C, D=skip, output_final_state=True))
             bare = bench(lambda: chunk_simple_gla(C, B, (x * dtv[..., None]).to(dt), g=dtv * A, scale=1.0,
                                                   output_final_state=True))
-        print(f"| ssd (Mamba2) | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |", flush=True)
+            rows = {f"ssd (Mamba2, with D; {'mamba_ssm' if mamba else 'fla'})":
+                    lambda: ssd(x, dtv, A, B, C, D=skip, output_final_state=True)}
+            if mamba:  # the dispatcher takes mamba_ssm's fused kernel: show fla's path and mamba's chunk 256 too
+                rows["ssd (Mamba2, with D; fla)"] = lambda: ssd_fla(x, dtv, A, B, C, D=skip, output_final_state=True)
+                rows["ssd (Mamba2, with D; mamba_ssm, chunk 256)"] = lambda: ssd_mamba(
+                    x, dtv, A, B, C, D=skip, output_final_state=True, chunk_size=256)
+            for label, fn in rows.items():
+                ours = bench(fn)
+                print(f"| {label} | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |", flush=True)
 
         qa = torch.randn(1, H, T, D, device=dev, dtype=dt)
         ka, va = (torch.randn(1, 8, T, D, device=dev, dtype=dt) for _ in range(2))

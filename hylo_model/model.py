@@ -25,6 +25,7 @@ from .layers import MIXER_CLASSES, GatedDeltaNet, Mamba2
 from .layers.common import AttentionMask, RMSNorm, RopeFrequencies, decay_init
 from .layers.mla import mla_rope_frequencies
 from .layers.packed import PackedLinears
+from .ops import backend
 from .ops.activation import swiglu
 from .ops.norm import add_rms_norm
 
@@ -221,6 +222,25 @@ class HyLoModel(HyLoPreTrainedModel):
             "eager": self.config._attn_implementation == "eager",
             "attention_weights": [] if output_attentions else None,
         }
+        # A decode step run eagerly on CUDA (no captured graph): small ops take torch's native kernels, whose
+        # launches cost a fraction of fla's Python wrappers (ops.backend.launch_light).
+        light = cache is not None and not static and seq_len == 1 and hidden_states.is_cuda \
+            and not torch.is_grad_enabled()
+        with backend.launch_light(light):
+            hidden_states, all_hidden = self._blocks(hidden_states, mixer_kwargs, output_hidden_states)
+        if cache is not None:
+            cache.advance(seq_len)
+        weights = mixer_kwargs["attention_weights"]
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden) if all_hidden else None,
+            attentions=tuple(weights) if weights is not None else None, **{CACHE_FIELD: cache},
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _blocks(self, hidden_states: torch.Tensor, mixer_kwargs: dict[str, Any],
+                output_hidden_states: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The blocks and the final norm: the normed output and, when asked, the hidden states entering each block
+        and the final one."""
         all_hidden = [] if output_hidden_states else None
         if all_hidden is None and self._chain_blocks():
             # Inference: each block's last residual add runs fused with the next norm (28 fewer kernels per step
@@ -237,14 +257,7 @@ class HyLoModel(HyLoPreTrainedModel):
             hidden_states = self.norm(hidden_states)
         if all_hidden is not None:
             all_hidden.append(hidden_states)
-        if cache is not None:
-            cache.advance(seq_len)
-        weights = mixer_kwargs["attention_weights"]
-        output = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden) if all_hidden else None,
-            attentions=tuple(weights) if weights is not None else None, **{CACHE_FIELD: cache},
-        )
-        return output if return_dict else output.to_tuple()
+        return hidden_states, all_hidden
 
 
 # `generate(cache_implementation=...)`: None and "dynamic" give a growing HyLoCache; "static" goes to

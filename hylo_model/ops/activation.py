@@ -17,7 +17,8 @@ __all__ = ["swiglu"]
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up``, elementwise; the inputs may be strided views of one packed GEMM output."""
-    if gate.dtype == up.dtype and backend.use_fast("swiglu", gate, "fla.modules.activations"):
+    if gate.dtype == up.dtype and backend.use_fast("swiglu", gate, "fla.modules.activations") and \
+            not backend.prefers_native():
         from fla.modules.activations import swiglu as fla_swiglu
 
         return fla_swiglu(gate, up)

@@ -40,6 +40,27 @@ def force_backend(backend: Backend) -> Iterator[None]:
         _state.backend = previous
 
 
+@contextlib.contextmanager
+def launch_light(on: bool = True) -> Iterator[None]:
+    """Inside (when ``on``), ops with a fused Triton kernel and a fused native PyTorch kernel for the same math
+    (the norms, SwiGLU) take the native one on CUDA, unless the fast path is forced. The model turns it on for a
+    decode step run eagerly: each fla call there costs about as much host time as a whole layer's GEMMs (its
+    autograd wrapper, input guard, autotuner lookup and launch), while a captured or a prefill step wants the
+    fused kernels."""
+    previous = getattr(_state, "light", False)
+    _state.light = on
+    try:
+        yield
+    finally:
+        _state.light = previous
+
+
+def prefers_native() -> bool:
+    """Whether an op on CUDA should take its native PyTorch kernel rather than a Triton one
+    (:func:`launch_light`)."""
+    return getattr(_state, "light", False) and current() != "fast"
+
+
 @functools.cache
 def has_module(name: str) -> bool:
     """True when ``name`` imports (cached: importing fla pulls in triton, which is slow)."""

@@ -6,6 +6,9 @@ and embeddings from 0.266 s to 0.050 s and the GDN mixers from 0.563 s to 0.417 
 
 Rounding differs by at most one step of the output dtype: the fused kernels round once, after the weight; the
 Llama/Qwen formula rounds the normalised activations to the input dtype before the weight multiplies them.
+
+A decode step run eagerly on CUDA (:func:`~hylo_model.ops.backend.launch_light`) takes torch's own fused RMSNorm
+kernel instead of fla's: the same math, a fraction of the host time per call.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     ``weight``'s promoted (what transformers' Llama/Qwen RMSNorm returns). The fused kernel serves the case where
     both have one dtype; a float32 weight on bf16 activations keeps the PyTorch path and its float32 output."""
     if weight.dtype == x.dtype and backend.use_fast("rms_norm", x, "fla.modules.norm"):
+        if backend.prefers_native():
+            return F.rms_norm(x, (x.shape[-1],), weight, eps)
         from fla.modules.norm.layernorm import rms_norm as fla_rms_norm
 
         return fla_rms_norm(x, weight, None, eps=eps)
@@ -43,6 +48,9 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     as the separate add rounds it; the fused kernel normalises the unrounded float32 sum, which moves the normed
     output by about one rounding step of its dtype (the GPU test bounds it)."""
     if weight.dtype == x.dtype == residual.dtype and backend.use_fast("rms_norm", x, "fla.modules.norm"):
+        if backend.prefers_native():
+            summed = residual + x
+            return F.rms_norm(summed, (x.shape[-1],), weight, eps), summed
         from fla.modules.norm.layernorm import rms_norm as fla_rms_norm
 
         normed, summed = fla_rms_norm(x, weight, None, residual=residual, eps=eps, prenorm=True)
@@ -57,10 +65,27 @@ def gated_rms_norm(
     """``rmsnorm(x * silu(z))`` per group of ``group_size`` channels (mamba_ssm's RMSNormGated), or
     ``rmsnorm(x) * silu(z)`` with ``norm_before_gate`` (fla's FusedRMSNormGated); float32 inside, ``x.dtype`` out."""
     if backend.use_fast("gated_rms_norm", x, "fla.modules.norm"):
+        if backend.prefers_native() and weight.dtype == x.dtype == z.dtype:
+            return _gated_rms_norm_native(x, z, weight, eps, group_size, norm_before_gate)
         from fla.modules.norm.layernorm_gated import rmsnorm_fn
 
         return rmsnorm_fn(x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
     return gated_rms_norm_torch(x, z, weight, eps, group_size, norm_before_gate)
+
+
+def _gated_rms_norm_native(x, z, weight, eps, group_size, norm_before_gate):
+    """The same formula in torch's native kernels (its fused RMSNorm, then SiLU and a product), each rounding to
+    ``x.dtype``: what an eagerly run decode step takes (:func:`backend.launch_light`)."""
+    gate = F.silu(z)
+    if not norm_before_gate:
+        x = x * gate
+    shape = x.shape
+    if group_size == shape[-1]:
+        x = F.rms_norm(x, (group_size,), weight, eps)
+    else:
+        x = F.rms_norm(x.reshape(*shape[:-1], shape[-1] // group_size, group_size), (group_size,), None, eps)
+        x = x.reshape(shape) * weight
+    return x * gate if norm_before_gate else x
 
 
 def gated_rms_norm_torch(

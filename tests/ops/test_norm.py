@@ -151,3 +151,28 @@ def test_fused_norms_match_torch(case, dtype, forward_tol, grad_tol):
     errors = [_rel(out, ref)] + [_rel(g, r) for g, r in zip(grads, ref_grads)]
     print(f"\n{case} {dtype}: output, dx, dz, dweight relative errors {errors}")
     assert errors[0] < forward_tol and max(errors[1:]) < grad_tol, errors
+
+
+@pytest.mark.parametrize("norm_before_gate", [True, False], ids=["norm-then-gate", "gate-then-norm"])
+@pytest.mark.parametrize("group_size", [16, 64], ids=["groups", "whole"])
+def test_native_gated_norm_matches_reference(group_size, norm_before_gate):
+    """The native-kernel form an eager CUDA decode step takes computes the reference formula (float32 here)."""
+    from hylo_model.ops.norm import _gated_rms_norm_native, gated_rms_norm_torch
+
+    gen = torch.Generator().manual_seed(5)
+    x, z = torch.randn(2, 3, 64, generator=gen), torch.randn(2, 3, 64, generator=gen)
+    weight = torch.randn(64, generator=gen)
+    got = _gated_rms_norm_native(x, z, weight, 1e-6, group_size, norm_before_gate)
+    ref = gated_rms_norm_torch(x, z, weight, 1e-6, group_size, norm_before_gate)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_launch_light_scope_and_forced_backend():
+    assert not backend.prefers_native()
+    with backend.launch_light():
+        assert backend.prefers_native()
+        with backend.launch_light(False):
+            assert not backend.prefers_native()
+        with backend.force_backend("fast"):
+            assert not backend.prefers_native()  # forcing the fast path means the Triton kernels
+    assert not backend.prefers_native()
