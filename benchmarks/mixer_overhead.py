@@ -8,7 +8,7 @@ Ours: ``hylo_model.ops`` entry points (dispatch, dtype handling, state layout) a
 B=1, 16 heads, head_dim 128 (GDN q/k/v, SSD P=N=128), 8 KV heads for attention, bf16. Ours runs the whole op as
 the mixers call it (SSD with its D skip, which fla's kernel does not have); the bare SSD call includes only the
 input mapping it cannot run without (``v = dt·x``, ``g = dt·A``). Where mamba_ssm imports, the SSD op takes its
-fused kernel (D in its epilogue); the fla path and mamba's chunk of 256 are then timed too.
+fused kernel (D in its epilogue) on long inputs; each path it picks between is then timed too.
 """
 
 from __future__ import annotations
@@ -64,12 +64,12 @@ def main() -> None:
         with torch.no_grad():
             bare = bench(lambda: chunk_simple_gla(C, B, (x * dtv[..., None]).to(dt), g=dtv * A, scale=1.0,
                                                   output_final_state=True))
-            rows = {f"ssd (Mamba2, with D; {'mamba_ssm' if mamba else 'fla'})":
-                    lambda: ssd(x, dtv, A, B, C, D=skip, output_final_state=True)}
-            if mamba:  # the dispatcher takes mamba_ssm's fused kernel: show fla's path and mamba's chunk 256 too
+            rows = {"ssd (Mamba2, with D; the op)": lambda: ssd(x, dtv, A, B, C, D=skip, output_final_state=True)}
+            if mamba:  # the op picks per length between these (ops.ssd.takes_mamba): time each
                 rows["ssd (Mamba2, with D; fla)"] = lambda: ssd_fla(x, dtv, A, B, C, D=skip, output_final_state=True)
-                rows["ssd (Mamba2, with D; mamba_ssm, chunk 256)"] = lambda: ssd_mamba(
-                    x, dtv, A, B, C, D=skip, output_final_state=True, chunk_size=256)
+                for chunk in (64, 256):
+                    rows[f"ssd (Mamba2, with D; mamba_ssm, chunk {chunk})"] = lambda chunk=chunk: ssd_mamba(
+                        x, dtv, A, B, C, D=skip, output_final_state=True, chunk_size=chunk)
             for label, fn in rows.items():
                 ours = bench(fn)
                 print(f"| {label} | {T} | {ours:.3f} | {bare:.3f} | {ours / bare:.2f} |", flush=True)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from hylo_model.ops import backend
 from hylo_model.ops.conv import causal_conv1d
-from hylo_model.ops.ssd import naive_ssd, ssd, ssd_chunked, ssd_recurrent
+from hylo_model.ops.ssd import MAMBA_MIN_TOKENS, naive_ssd, ssd, ssd_chunked, ssd_recurrent, takes_mamba
 from hylo_model.ops.ssd.fast import chunk_backward_blocked, simple_gla_inputs, ssd_fla
 from tests.helpers import assert_fla_refuses_gated_backward, fla_reference
 
@@ -288,14 +288,28 @@ def kernels_run(monkeypatch):
     return ran
 
 
-def expected_kernel(gb: int, gc: int, short: bool) -> str:
+def expected_kernel(gb: int, gc: int, short: bool, tokens: int = 0, grad_blocked: bool = False) -> str:
     """The dispatcher's documented choice: decode-sized calls without gradients go to fla's recurrent kernel;
-    mamba_ssm's fused kernel when it imports and B and C have one group count; else fla's chunk kernel."""
+    mamba_ssm's fused kernel when it imports, B and C have one group count, and the call is long or needs the
+    gradients fla cannot give here; else fla's chunk kernel."""
     if short:
         return "fla-recurrent"
-    if gb == gc and backend.has_module("mamba_ssm.ops.triton.ssd_combined"):
+    mamba = gb == gc and backend.has_module("mamba_ssm.ops.triton.ssd_combined")
+    if mamba and (tokens >= MAMBA_MIN_TOKENS or grad_blocked):
         return "mamba"
     return "fla-chunk"
+
+
+@pytest.mark.parametrize("importable", [True, False], ids=["mamba_ssm", "no-mamba_ssm"])
+def test_mamba_choice(monkeypatch, importable):
+    """Long calls and calls needing gradients that fla blocks go to mamba_ssm when it imports and B and C share
+    their group count; decode-sized calls never do."""
+    monkeypatch.setattr(backend, "has_module", lambda name: importable)
+    assert takes_mamba(MAMBA_MIN_TOKENS, True, False, False) is importable
+    assert takes_mamba(MAMBA_MIN_TOKENS - 1, True, False, True) is importable
+    assert not takes_mamba(MAMBA_MIN_TOKENS - 1, True, False, False)
+    assert not takes_mamba(MAMBA_MIN_TOKENS, False, False, True)
+    assert not takes_mamba(MAMBA_MIN_TOKENS, True, True, False)
 
 
 def skip_after_asserting_fla_refusal():
@@ -322,7 +336,7 @@ def test_fast_matches_torch_bf16(seqlen, gb, gc, path, kernels_run):
     require_fla()
     blocked = chunk_backward_blocked(torch.device("cuda"))
     inputs = make_inputs(1, seqlen, 16, 128, 128, gb, gc, init=True, seed=21, device="cuda", dtype=torch.bfloat16)
-    kernel = expected_kernel(gb, gc, short=False) if path == "dispatch" else "fla-chunk"
+    kernel = expected_kernel(gb, gc, False, seqlen, blocked) if path == "dispatch" else "fla-chunk"
     if blocked and kernel == "fla-chunk":
         if path == "dispatch":
             # Forcing the fast backend fails loudly rather than train on another path.
@@ -359,7 +373,7 @@ def test_fast_forward_without_grad_matches_torch_bf16(seqlen, kernels_run):
         y_ref, s_ref = ssd_chunked(**{k: v.float() for k, v in inputs.items()}, output_final_state=True)
         with backend.force_backend("fast"):
             y, s = ssd(**inputs, output_final_state=True)
-    assert kernels_run == [expected_kernel(8, 16, short=False)]
+    assert kernels_run == [expected_kernel(8, 16, False, 2 * seqlen)]
     print(f"\n{kernels_run[0]} T={seqlen}: y {rel_err(y, y_ref):.2e}, state {rel_err(s, s_ref):.2e}")
     assert rel_err(y, y_ref) < 5e-3, rel_err(y, y_ref)
     assert rel_err(s, s_ref) < 5e-3, rel_err(s, s_ref)
