@@ -12,9 +12,9 @@ BLOCK_CHANNELS = 256
 
 
 @triton.jit
-def _conv_step_kernel(x, stride_xb, stride_xc, state, new_state, weight, bias, y, C, KEEP: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK: tl.constexpr):
-    pid_c, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+def _step(x, stride_xb, stride_xc, state, new_state, weight, bias, y, C, pid_c, pid_b, KEEP: tl.constexpr,
+          HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK: tl.constexpr):
+    """One (sequence, block of channels) of one tensor: the body both kernels share."""
     channel = pid_c * BLOCK + tl.arange(0, BLOCK)
     mask = channel < C
     token = tl.load(x + pid_b * stride_xb + channel * stride_xc, mask=mask, other=0)
@@ -33,6 +33,13 @@ def _conv_step_kernel(x, stride_xb, stride_xc, state, new_state, weight, bias, y
     if SILU:
         acc = acc * tl.sigmoid(acc)
     tl.store(y + pid_b * C + channel, acc.to(y.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
+
+
+@triton.jit
+def _conv_step_kernel(x, stride_xb, stride_xc, state, new_state, weight, bias, y, C, KEEP: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK: tl.constexpr):
+    _step(x, stride_xb, stride_xc, state, new_state, weight, bias, y, C, tl.program_id(0),
+          tl.program_id(1).to(tl.int64), KEEP, HAS_BIAS, SILU, BLOCK)
 
 
 def conv_step_triton(
@@ -93,21 +100,8 @@ def _conv_step_group_kernel(x0, x1, x2, stride_b0, stride_b1, stride_b2, stride_
         weight = weight2
         y = y2
         C = C2
-    pid_c, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    channel = pid_c * BLOCK + tl.arange(0, BLOCK)
-    mask = channel < C
-    token = tl.load(x + pid_b * stride_xb + channel * stride_xc, mask=mask, other=0)
-    acc = token.to(tl.float32) * tl.load(weight + channel * (KEEP + 1) + KEEP, mask=mask, other=0).to(tl.float32)
-    row = pid_b * C * KEEP + channel * KEEP
-    for i in tl.static_range(KEEP):
-        kept = tl.load(state + row + i, mask=mask, other=0)
-        acc += kept.to(tl.float32) * tl.load(weight + channel * (KEEP + 1) + i, mask=mask, other=0).to(tl.float32)
-        if i > 0:
-            tl.store(new_state + row + i - 1, kept, mask=mask)
-    tl.store(new_state + row + KEEP - 1, token.to(new_state.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
-    tl.store(y + pid_b * C + channel, acc.to(y.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
+    _step(x, stride_xb, stride_xc, state, new_state, weight, weight, y, C, tl.program_id(0),
+          tl.program_id(1).to(tl.int64), KEEP, False, SILU, BLOCK)
 
 
 def conv_step_group_triton(
