@@ -40,8 +40,8 @@ def direct_kernel():
 def recurrent_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, A_log: Tensor, dt_bias: Tensor, *,
                    scale: float, initial_state: Tensor | None, out_state: Tensor | None,
                    use_qk_l2norm: bool) -> tuple[Tensor, Tensor]:
-    """Shapes as :func:`~hylo_model.ops.gated_delta.step.gated_delta_step`; ``out_state`` (float32, contiguous,
-    ``[B, HV, K, V]``, may be ``initial_state``) receives the final state, or None for a new tensor."""
+    """Shapes as :func:`~hylo_model.ops.gated_delta.step.gated_delta_step`; ``out_state`` (float32 ``[B, HV, K, V]``,
+    may be ``initial_state``) receives the final state, or None for a new tensor."""
     import triton
 
     kernel = direct_kernel()
@@ -51,18 +51,21 @@ def recurrent_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, A_log:
     # already are; otherwise these are small copies.
     q, k, v = (x.to(v.dtype).contiguous() for x in (q, k, v))
     a, b = a.contiguous(), b.contiguous()
-    if initial_state is not None and not initial_state.is_contiguous():
-        raise ValueError("the recurrent state must be contiguous")
-    final = out_state if out_state is not None else q.new_empty(batch, v_heads, k_dim, v_dim, dtype=torch.float32)
+    h0 = None if initial_state is None else initial_state.contiguous()
+    # Written directly when it is contiguous (in place when it is the initial state), else copied into after.
+    direct = out_state is not None and out_state.is_contiguous()
+    final = out_state if direct else q.new_empty(batch, v_heads, k_dim, v_dim, dtype=torch.float32)
     o = torch.empty_like(v)
     block_k = triton.next_power_of_2(k_dim)
     block_v = min(8, triton.next_power_of_2(v_dim))
     grid = (triton.cdiv(v_dim, block_v) * batch * v_heads,)
     with torch.cuda.device(q.device):
         kernel[grid](
-            q=q, k=k, v=v, g=a, gk=None, gv=None, beta=b, A_log=A_log, dt_bias=dt_bias, o=o, h0=initial_state,
+            q=q, k=k, v=v, g=a, gk=None, gv=None, beta=b, A_log=A_log, dt_bias=dt_bias, o=o, h0=h0,
             ht=final, cu_seqlens=None, scale=scale, T=steps, H=heads, HV=v_heads, K=k_dim, V=v_dim, BK=block_k,
             BV=block_v, USE_QK_L2NORM_IN_KERNEL=use_qk_l2norm, IS_BETA_HEADWISE=b.ndim != v.ndim,
             STATE_V_FIRST=False, APPLY_BETA_SIGMOID=True, ALLOW_NEG_EIGVAL=False, num_warps=1, num_stages=3,
         )
+    if out_state is not None and not direct:
+        final = out_state.copy_(final)
     return o, final

@@ -61,9 +61,9 @@ def gated_delta_step(
         q, k: ``[B, T, H, K]``; v: ``[B, T, HV, V]``.
         a, b: ``[B, T, HV]`` raw projections (any float dtype, any strides).
         A_log, dt_bias: ``[HV]``.
-        initial_state: ``[B, HV, K, V]`` float32 contiguous, or None.
-        out_state: where the final state goes (``[B, HV, K, V]`` float32 contiguous; ``initial_state`` itself
-            updates the state in place, as a static step needs), or None for a new tensor.
+        initial_state: ``[B, HV, K, V]`` float32, or None.
+        out_state: where the final state goes (``[B, HV, K, V]`` float32; ``initial_state`` itself updates the
+            state in place, as a static step needs), or None for a new tensor.
 
     Returns:
         ``o [B, T, HV, V]`` in ``v.dtype`` and the final state ``[B, HV, K, V]`` float32 (``out_state`` when given).
