@@ -1,6 +1,6 @@
 """One decode step's attention at long context: which kernel reads the cache at memory speed.
 
-    python benchmarks/decode_attention.py --lengths 8k,128k,1m
+    python benchmarks/decode_attention.py --lengths 8k,128k,1m [--batch 8]
 
 At batch 1 a decode step has one query per sequence. MLA's absorbed form folds its 16 query heads onto the one
 latent "head" (``[1, 1, 16, r + d_rope]`` against ``[1, 1, S, r + d_rope]``); attention layers fold each group of
@@ -69,23 +69,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="8k,128k,1m")
     parser.add_argument("--splits", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=1, help="sequences per step (the cache read grows with it)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device, dtype = args.device, torch.bfloat16
     lengths = [parse_tokens(x) for x in args.lengths.split(",")] if device == "cuda" else [1024, 4096]
     bandwidth = hbm_bandwidth(device)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (script check, not a measurement)"
-    print(f"{name}, torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:,.0f} GB/s; split-k {args.splits} blocks",
-          flush=True)
+    print(f"{name}, torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:,.0f} GB/s; split-k {args.splits} blocks; "
+          f"batch {args.batch}", flush=True)
     print("| case | keys | sdpa ms | sdpa+mask ms | attend_slots ms | split-k ms | best GB/s (% of copy) | split-k max rel. err |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
     no_cudnn = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     for case, groups, kv_heads, dqk, dv in CASES:
         for keys in lengths:
             torch.manual_seed(0)
-            q = torch.randn(1, kv_heads, groups, dqk, device=device, dtype=dtype)
-            k = torch.randn(1, kv_heads, keys, dqk, device=device, dtype=dtype)
-            v = k[..., :dv] if dv == dqk else torch.randn(1, kv_heads, keys, dv, device=device, dtype=dtype)
+            batch = args.batch
+            q = torch.randn(batch, kv_heads, groups, dqk, device=device, dtype=dtype)
+            k = torch.randn(batch, kv_heads, keys, dqk, device=device, dtype=dtype)
+            v = k[..., :dv] if dv == dqk else torch.randn(batch, kv_heads, keys, dv, device=device, dtype=dtype)
             valid = torch.ones(keys, dtype=torch.bool, device=device)
             valid[-keys // 8:] = False  # the static step's unused slots
             mask = valid.view(1, 1, 1, keys)
