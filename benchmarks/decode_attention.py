@@ -72,19 +72,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="sequences per step (the cache read grows with it)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    device, dtype = args.device, torch.bfloat16
+    device, dtype, batch = args.device, torch.bfloat16, args.batch
     lengths = [parse_tokens(x) for x in args.lengths.split(",")] if device == "cuda" else [1024, 4096]
     bandwidth = hbm_bandwidth(device)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (script check, not a measurement)"
     print(f"{name}, torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:,.0f} GB/s; split-k {args.splits} blocks; "
-          f"batch {args.batch}", flush=True)
+          f"batch {batch}", flush=True)
     print("| case | keys | sdpa ms | sdpa+mask ms | attend_slots ms | split-k ms | best GB/s (% of copy) | split-k max rel. err |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
     no_cudnn = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     for case, groups, kv_heads, dqk, dv in CASES:
         for keys in lengths:
             torch.manual_seed(0)
-            batch = args.batch
             q = torch.randn(batch, kv_heads, groups, dqk, device=device, dtype=dtype)
             k = torch.randn(batch, kv_heads, keys, dqk, device=device, dtype=dtype)
             v = k[..., :dv] if dv == dqk else torch.randn(batch, kv_heads, keys, dv, device=device, dtype=dtype)

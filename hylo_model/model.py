@@ -222,8 +222,8 @@ class HyLoModel(HyLoPreTrainedModel):
             "eager": self.config._attn_implementation == "eager",
             "attention_weights": [] if output_attentions else None,
         }
-        # A decode step run eagerly on CUDA (no captured graph): small ops take torch's native kernels, whose
-        # launches cost a fraction of fla's Python wrappers (ops.backend.launch_light).
+        # A decode step run eagerly on CUDA (no captured graph) is bound by host time: the norms and SwiGLU take
+        # torch's native kernels rather than fla's, whose Python wrappers cost more per call (ops.backend.launch_light).
         light = cache is not None and not static and seq_len == 1 and hidden_states.is_cuda \
             and not torch.is_grad_enabled()
         with backend.launch_light(light):

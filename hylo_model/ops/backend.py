@@ -42,8 +42,8 @@ def force_backend(backend: Backend) -> Iterator[None]:
 
 @contextlib.contextmanager
 def launch_light(on: bool = True) -> Iterator[None]:
-    """Inside (when ``on``), ops with a fused Triton kernel and a fused native PyTorch kernel for the same math
-    (the norms, SwiGLU) take the native one on CUDA, unless the fast path is forced. The model turns it on for a
+    """Inside (when ``on``), ops with both a Triton kernel and native PyTorch kernels for the same math (the norms,
+    SwiGLU) take the native ones on CUDA, unless the fast path is forced. The model turns it on for a
     decode step run eagerly, which is bound by host time: an fla call adds its autograd wrapper, input guard,
     autotuner lookup and Python launch (about 240 µs per call under cProfile on an H100 host). A captured step or
     a prefill keeps the fused kernels."""

@@ -139,9 +139,10 @@ def _linear_states(cache: HyLoCache) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @torch.no_grad()
 def test_prefill_leaves_contiguous_states(dtype):
-    """After a prefill and after eager decode steps, every Mamba2/GDN state in the cache is contiguous: the decode step's Triton kernel takes only
-    contiguous states, and a static step (what ``generate`` replays) updates them in place, so a strided state
-    would send every step to the PyTorch convolution (on an H100 it did: 1,232 kernels per replayed step)."""
+    """After a prefill and after eager decode steps, every Mamba2/GDN state in the cache is contiguous: the decode
+    step's Triton kernel takes only contiguous states, and a static step (what ``generate`` replays) updates them in
+    place, so a strided state would send every step to the PyTorch convolution (on an H100 it did: 1,232 kernels
+    per replayed step)."""
     model = tiny_model("G,M").to(dtype)
     cache = HyLoCache(model.config, max_length=64)
     model(torch.randint(1, 97, (2, 13)), cache=cache, use_cache=True)

@@ -12,7 +12,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from hylo_model.layers.common import attend_slots
 from hylo_model.ops import backend
 from hylo_model.ops.activation import swiglu
-from hylo_model.ops.norm import add_rms_norm, gated_rms_norm, rms_norm
+from hylo_model.ops.norm import _gated_rms_norm_native, add_rms_norm, gated_rms_norm, gated_rms_norm_torch, rms_norm
 
 # (group_size, norm_before_gate): GDN's per-head norm then gate; Mamba2's gate then norm per group.
 GATED_CASES = [(128, True), (256, False), (1024, False)]
@@ -157,8 +157,6 @@ def test_fused_norms_match_torch(case, dtype, forward_tol, grad_tol):
 @pytest.mark.parametrize("group_size", [16, 64], ids=["groups", "whole"])
 def test_native_gated_norm_matches_reference(group_size, norm_before_gate):
     """The native-kernel form an eager CUDA decode step takes computes the reference formula (float32 here)."""
-    from hylo_model.ops.norm import _gated_rms_norm_native, gated_rms_norm_torch
-
     gen = torch.Generator().manual_seed(5)
     x, z = torch.randn(2, 3, 64, generator=gen), torch.randn(2, 3, 64, generator=gen)
     weight = torch.randn(64, generator=gen)

@@ -290,14 +290,11 @@ def kernels_run(monkeypatch):
 
 def expected_kernel(gb: int, gc: int, short: bool, tokens: int = 0, grad_blocked: bool = False) -> str:
     """The dispatcher's documented choice: decode-sized calls without gradients go to fla's recurrent kernel;
-    mamba_ssm's fused kernel when it imports, B and C have one group count, and the call is long or needs the
-    gradients fla cannot give here; else fla's chunk kernel."""
+    mamba_ssm's fused kernel where :func:`takes_mamba` (its policy is tested on its own, below); else fla's chunk
+    kernel."""
     if short:
         return "fla-recurrent"
-    mamba = gb == gc and backend.has_module("mamba_ssm.ops.triton.ssd_combined")
-    if mamba and (tokens >= MAMBA_MIN_TOKENS or grad_blocked):
-        return "mamba"
-    return "fla-chunk"
+    return "mamba" if takes_mamba(tokens, gb == gc, short, grad_blocked) else "fla-chunk"
 
 
 @pytest.mark.parametrize("importable", [True, False], ids=["mamba_ssm", "no-mamba_ssm"])

@@ -40,6 +40,15 @@ def conv_step_torch(
     return y.transpose(1, 2).to(x.dtype), new_state
 
 
+def _check(x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, activation: str | None) -> None:
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+    expected = (x.shape[0], x.shape[-1], weight.shape[1] - 1)
+    if x.dim() != 3 or x.shape[1] != 1 or tuple(state.shape) != expected:
+        raise ValueError(f"conv_step takes x [B, 1, C] and state [B, C, W - 1] = {expected}, got "
+                         f"{tuple(x.shape)} and {tuple(state.shape)}")
+
+
 def conv_step(
     x: torch.Tensor,
     state: torch.Tensor,
@@ -60,12 +69,7 @@ def conv_step(
     Returns:
         ``y [B, 1, C]`` in ``x.dtype`` and the new state ``[B, C, W - 1]`` (the last ``W - 1`` inputs).
     """
-    if activation not in (None, "silu"):
-        raise ValueError(f"activation must be None or 'silu', got {activation!r}")
-    expected = (x.shape[0], x.shape[-1], weight.shape[1] - 1)
-    if x.dim() != 3 or x.shape[1] != 1 or tuple(state.shape) != expected:
-        raise ValueError(f"conv_step takes x [B, 1, C] and state [B, C, W - 1] = {expected}, got "
-                         f"{tuple(x.shape)} and {tuple(state.shape)}")
+    _check(x, state, weight, activation)
     out_state = state if in_place else None
     if backend.use_fast("conv_step", x, "triton"):
         if state.is_contiguous() and weight.is_contiguous():
@@ -90,13 +94,13 @@ def conv_step_group(
     if not 1 <= len(xs) == len(states) == len(weights) <= 3:
         raise ValueError(f"conv_step_group takes one to three tensors, states and weights, got {len(xs)}, "
                          f"{len(states)} and {len(weights)}")
+    for x, state, weight in zip(xs, states, weights):
+        _check(x, state, weight, activation)
+    # One launch takes one dtype per role, one window width and one batch; each state and weight contiguous.
     uniform = all(len({t.dtype for t in group}) == 1 for group in (xs, states, weights)) and len(
         {w.shape[1] for w in weights}) == 1 and len({x.shape[0] for x in xs}) == 1
-    if uniform and backend.use_fast("conv_step", xs[0], "triton") and all(
-            x.dim() == 3 and x.shape[1] == 1 and tuple(s.shape) == (x.shape[0], x.shape[2], w.shape[1] - 1)
-            and s.is_contiguous() and w.is_contiguous() for x, s, w in zip(xs, states, weights)):
-        if activation not in (None, "silu"):
-            raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+    if uniform and all(t.is_contiguous() for t in (*states, *weights)) and backend.use_fast(
+            "conv_step", xs[0], "triton"):
         from .fast_step import conv_step_group_triton
 
         return conv_step_group_triton(xs, states, weights, activation, in_place)
